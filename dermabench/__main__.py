@@ -1,0 +1,3 @@
+from dermabench.cli import main
+
+main()

@@ -1,0 +1,112 @@
+"""The classifier arms (DESIGN step 7): what each arm trains on, and training every arm × seed.
+
+Every arm trains the same classifier configuration, is selected on the same real
+validation set and is evaluated on the same real test set; only the training
+images differ. The real images are one fixed, class-stratified subset of the train
+pool, shared by every arm that uses real images, so differences between arms come
+from what is added, not from which real images were drawn.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import replace
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from dermabench.api import Prompt, Sample
+from dermabench.errors import PluginError
+from dermabench.generation import check_images, plugin_call
+from dermabench.seeding import derive_seed
+
+if TYPE_CHECKING:
+    from dermabench.protocol import Run
+
+
+def real_subset(train_pool: Sequence[Sample], n: int, seed: int) -> list[Sample]:
+    """`n` train-pool images with the pool's class balance, drawn once for every arm."""
+    if n >= len(train_pool):
+        return list(train_pool)
+    rng = np.random.default_rng(derive_seed(seed, "real-subset"))
+    labels = np.array([s.label for s in train_pool])
+    n_malignant = round(n * labels.mean())
+    chosen = []
+    for label, count in ((1, n_malignant), (0, n - n_malignant)):
+        members = np.flatnonzero(labels == label)
+        chosen += rng.choice(members, size=min(count, len(members)), replace=False).tolist()
+    return [train_pool[i] for i in sorted(chosen)]
+
+
+def augmented(run: Run, real: Sequence[Sample], prompts: Sequence[Prompt]) -> list[Sample]:
+    """The `real+augment` baseline's extra images: classical augmentation of the arm's real images."""
+    generator = run.instantiate("generator", "augment", {}, slot="augment_baseline")
+    context = run.context("generator", "augment", {})
+    with plugin_call("generator", "augment", "fit"):
+        generator.fit(real, context)
+    with plugin_call("generator", "augment", "generate"):
+        images = list(generator.generate(prompts, context))
+    images = check_images(images, prompts, "augment", run.config.image_size)
+    return [
+        Sample(image=image, label=p.label, meta={"image_id": f"augment-{i}", "synthetic": True})
+        for i, (image, p) in enumerate(zip(images, prompts))
+    ]
+
+
+def build_arms(run: Run, train_pool: Sequence[Sample], synthetic: Sequence[Sample]) -> dict[str, list[Sample]]:
+    config = run.config
+    real = real_subset(train_pool, config.n_real, config.seed)
+    if len(real) < config.n_real:
+        run.progress.log(f"the train pool has only {len(real)} images; the real arms use all of them")
+    arms: dict[str, list[Sample]] = {}
+    for arm in config.arms:
+        if arm == "real":
+            arms[arm] = real
+        elif arm == "real+synthetic":
+            arms[arm] = real + list(synthetic)
+        elif arm == "synthetic":
+            arms[arm] = list(synthetic)
+        elif arm == "real+augment":
+            prompts = [Prompt(s.caption, s.label, s.meta["prompt_seed"]) for s in synthetic]
+            arms[arm] = real + augmented(run, real, prompts)
+    # images keep their captions; classifiers get plain labelled samples
+    return {arm: [replace(s, caption="") for s in samples] for arm, samples in arms.items()}
+
+
+def check_probabilities(p: object, n: int, name: str) -> np.ndarray:
+    try:
+        array = np.asarray(p, dtype=np.float64).reshape(-1)
+    except (TypeError, ValueError) as exc:
+        raise PluginError(f"classifier '{name}' returned probabilities that are not numbers: {exc}") from exc
+    if array.shape != (n,):
+        raise PluginError(f"classifier '{name}' returned {array.size} probabilities for {n} test images")
+    if not np.all(np.isfinite(array)) or array.min() < 0 or array.max() > 1:
+        raise PluginError(f"classifier '{name}' returned probabilities outside [0, 1] or not finite")
+    return array
+
+
+def train_arms(
+    run: Run, arms: dict[str, list[Sample]], val: Sequence[Sample], test: Sequence[Sample], seeds: Sequence[int]
+) -> dict[str, list[np.ndarray]]:
+    """Train a fresh classifier per arm and seed; return P(malignant) on the test set per arm and seed.
+
+    Seed k initialises the classifier identically in every arm, so per-seed
+    differences between arms are paired.
+    """
+    config = run.config
+    options = dict(config.classifier_options)
+    test_images = [s.image for s in test]
+    probabilities: dict[str, list[np.ndarray]] = {}
+    for arm, train in arms.items():
+        probabilities[arm] = []
+        for seed in seeds:
+            run.progress.log(f"arm {arm}, seed {seed}: {len(train)} training images")
+            classifier = run.instantiate("classifier", config.classifier, options)
+            safe_arm = arm.replace("+", "-")
+            context = run.context(f"classifier-{safe_arm}-seed{seed}", config.classifier, options, seed=seed)
+            with plugin_call("classifier", config.classifier, "fit"):
+                classifier.fit(train, val, context)
+            with plugin_call("classifier", config.classifier, "predict_proba"):
+                p = classifier.predict_proba(test_images, context)
+            probabilities[arm].append(check_probabilities(p, len(test_images), config.classifier))
+    return probabilities

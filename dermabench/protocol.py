@@ -1,0 +1,310 @@
+"""The real-vs-synthetic protocol (DESIGN.md steps 1–9), in host code. Plugins never call it.
+
+load → split → caption → generator.fit → generate → fidelity → classifier per arm
+and seed → metrics → result JSON. A change to what it computes bumps
+PROTOCOL["version"] in results.py.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Sequence
+from dataclasses import replace
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+import dermabench
+from dermabench import plugins
+from dermabench.api import LABEL_NAMES, Plugin, Progress, RunContext, Sample
+from dermabench.arms import build_arms, train_arms
+from dermabench.config import RunConfig
+from dermabench.errors import DermabenchError
+from dermabench.fidelity_step import fidelity_and_memorization
+from dermabench import generation
+from dermabench.generation import plugin_call
+from dermabench.grids import save_grid
+from dermabench.images import RESIZE_METHOD, normalise_samples
+from dermabench.metrics.classification import evaluate_arms
+from dermabench.prompts import make_prompts
+from dermabench.results import PROTOCOL, RESULT_FILE, SCHEMA_VERSION, environment, git_commit, write_json_atomic
+from dermabench.splits import load_or_make_split
+
+
+def resolve_device(device: str) -> str:
+    if device != "auto":
+        return device
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def options_hash(options: dict) -> str:
+    return hashlib.sha256(json.dumps(options, sort_keys=True, default=str).encode()).hexdigest()[:10]
+
+
+class Run:
+    """One run of the protocol for one RunConfig, writing into `<out>/<run_id>/`."""
+
+    def __init__(self, config: RunConfig, progress: Progress | None = None) -> None:
+        self.config = config
+        self.progress = progress or Progress()
+        self.device = resolve_device(config.device)
+        self.out = Path(config.out)
+        self.cache = self.out / ".cache"
+        self.run_id = f"{config.dataset}_{config.generator}_{config.classifier}_{config.profile}_{config.fingerprint()}"
+        self.run_dir = self.out / self.run_id
+        self.timings: dict[str, float] = dict.fromkeys(("fit_generator", "generate", "fidelity", "classify"), 0.0)
+        self.plugin_info: dict[str, dict[str, str]] = {}
+
+    # -- plumbing -------------------------------------------------------------------------------------------------
+
+    def context(self, kind: str, name: str, options: dict, **overrides: Any) -> RunContext:
+        work_dir = self.cache / "plugins" / f"{kind}-{name}-{options_hash(options)}"
+        work_dir.mkdir(parents=True, exist_ok=True)
+        base = dict(
+            device=self.device,
+            image_size=self.config.image_size,
+            seed=self.config.seed,
+            work_dir=work_dir,
+            profile=self.config.profile,
+            progress=self.progress,
+        )
+        return RunContext(**{**base, **overrides})
+
+    def instantiate(self, kind: str, name: str, options: dict, slot: str | None = None, **kwargs: Any) -> Plugin:
+        registered = plugins.get(kind, name)
+        self.plugin_info[slot or kind] = {"name": name, "plugin": registered.plugin, "version": registered.version}
+        with plugin_call(kind, name, "__init__"):
+            return registered.cls(**kwargs, **options)
+
+    def timed(self, step: str):
+        run = self
+
+        class _Timer:
+            def __enter__(self):
+                self.start = time.perf_counter()
+                run.progress.log(f"[{step}]")
+
+            def __exit__(self, *exc):
+                run.timings[step] = run.timings.get(step, 0.0) + time.perf_counter() - self.start
+
+        return _Timer()
+
+    # -- the protocol ---------------------------------------------------------------------------------------------
+
+    def load(self, kind_slot: str, name: str, data_dir: str | None, options: dict) -> tuple[list[Sample], dict]:
+        dataset = self.instantiate("dataset", name, options, slot=kind_slot, data_dir=data_dir)
+        with plugin_call("dataset", name, "samples"):
+            raw = dataset.samples()
+            samples, report = normalise_samples(
+                self.progress.track(raw, f"loading {name}"), self.config.image_size, source=name
+            )
+        if not samples:
+            raise DermabenchError(f"dataset '{name}' yielded no usable images")
+        for label, label_name in LABEL_NAMES.items():
+            if report.labels[label] == 0:
+                raise DermabenchError(f"dataset '{name}' has no {label_name} images")
+        summary = report.to_dict()
+        self.progress.log(
+            f"{name}: {summary['n_images']} images ({summary['labels']}), "
+            f"{summary['converted_images']} converted to RGB, {summary['rejected_images']} rejected"
+        )
+        return samples, summary
+
+    def execute(self) -> Path:
+        """Run every step and write the result; returns the result file's path."""
+        config = self.config
+        result_path = self.run_dir / RESULT_FILE
+        if result_path.exists():
+            raise DermabenchError(f"run {self.run_id} already finished: {result_path} (use --force for a new run)")
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        start = time.perf_counter()
+        created = datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+        # 1. load and validate
+        with self.timed("load"):
+            samples, data_report = self.load("dataset", config.dataset, config.data_dir, dict(config.dataset_options))
+            test_samples = None
+            if config.test_dataset:
+                test_samples, test_report = self.load(
+                    "test_dataset", config.test_dataset, config.test_data_dir, dict(config.test_dataset_options)
+                )
+
+        # 2. grouped, stratified split, saved as a manifest and reused
+        with self.timed("split"):
+            split_key = options_hash(
+                {
+                    "dataset": config.dataset,
+                    "options": dict(config.dataset_options),
+                    "data_dir": str(Path(config.data_dir).resolve()) if config.data_dir else None,
+                    "seed": config.seed,
+                    "val": config.val_fraction,
+                    "test": config.test_fraction,
+                    "with_test": test_samples is None,
+                }
+            )
+            split = load_or_make_split(
+                self.cache / "splits" / f"{config.dataset}-{split_key}.json",
+                samples,
+                config.seed,
+                config.val_fraction,
+                config.test_fraction,
+                with_test=test_samples is None,
+            )
+            write_json_atomic(self.run_dir / "split.json", split.to_manifest([s.label for s in samples]))
+            groups = dict(zip(split.image_ids, split.groups))
+            train_pool = [samples[i] for i in split.indices("train")]
+            val = [samples[i] for i in split.indices("val")]
+            test = test_samples if test_samples is not None else [samples[i] for i in split.indices("test")]
+            test_groups = (
+                [f"{s.meta.get('lesion_id') or s.meta['image_id']}" for s in test]
+                if test_samples is not None
+                else [groups[s.meta["image_id"]] for s in test]
+            )
+            for name, part in (("validation", val), ("test", test)):
+                if len({s.label for s in part}) < 2:
+                    raise DermabenchError(f"the {name} set has a single class; the dataset is too small to evaluate")
+
+        # 3. captions for the train pool
+        with self.timed("captions"):
+            captioner = self.instantiate("captioner", config.captioner, dict(config.captioner_options))
+            with plugin_call("captioner", config.captioner, "caption"):
+                captions = captioner.caption(train_pool, self.context("captioner", config.captioner, {}))
+            if len(captions) != len(train_pool):
+                raise DermabenchError(f"captioner '{config.captioner}' returned {len(captions)} captions")
+            train_pool = [replace(s, caption=c) for s, c in zip(train_pool, captions)]
+
+        # 4–5. fit the generator on the train pool, then generate from prompts
+        generator_options = dict(config.generator_options)
+        generator = self.instantiate("generator", config.generator, generator_options)
+        generator_context = self.context("generator", config.generator, generator_options)
+        prompts = make_prompts(train_pool, config.n_synthetic, config.seed, config.prompt_balance)
+        key_parts = {
+            "generator": config.generator,
+            "version": self.plugin_info["generator"]["version"],
+            "options": generator_options,
+            "dermabench": dermabench.__version__,
+            "dataset": [config.dataset, dict(config.dataset_options), config.data_dir],
+            "train_pool": sorted(s.meta["image_id"] for s in train_pool),
+        }
+        cached_at = generation.cache_path(generator, prompts, generator_context, self.cache / "generated", key_parts)
+        images = generation.load_cached(cached_at)
+        if images is not None:
+            # fitting only serves generation; with every image cached there is nothing to fit for
+            self.progress.log(f"{len(images)} synthetic images from the cache")
+        else:
+            with self.timed("fit_generator"):
+                with plugin_call("generator", config.generator, "fit"):
+                    generator.fit(train_pool, generator_context)
+            with self.timed("generate"):
+                images = generation.generate_and_store(generator, prompts, generator_context, cached_at)
+        synthetic = [
+            Sample(
+                image=image,
+                label=p.label,
+                caption=p.text,
+                meta={"image_id": f"synthetic-{i}", "synthetic": True, "prompt_seed": p.seed},
+            )
+            for i, (image, p) in enumerate(zip(images, prompts))
+        ]
+
+        # 6. fidelity and memorization
+        with self.timed("fidelity"):
+            extractor_options = dict(config.extractor_options)
+            extractor = self.instantiate("extractor", config.extractor, extractor_options)
+            extractor_context = self.context("extractor", config.extractor, extractor_options)
+            fidelity, memorization, closest_pairs = fidelity_and_memorization(
+                extractor, extractor_context, train_pool, test, synthetic, config.seed, self.progress
+            )
+            fidelity["resize"] = RESIZE_METHOD
+        self.save_grids(train_pool, synthetic, closest_pairs)
+
+        # 7. arms × seeds, one shared real test set
+        with self.timed("classify"):
+            arms = build_arms(self, train_pool, synthetic)
+            seeds = list(range(config.seed, config.seed + config.seeds))
+            probabilities = train_arms(self, arms, val, test, seeds)
+
+        # 8. metrics with lesion-grouped bootstrap CIs and paired deltas vs `real`
+        with self.timed("metrics"):
+            y_test = np.array([s.label for s in test])
+            arm_metrics = evaluate_arms(
+                y_test, test_groups, probabilities, reference="real", n_boot=config.n_boot, seed=config.seed
+            )
+            for arm, train_set in arms.items():
+                arm_metrics[arm] = {
+                    "n_real": sum(1 for s in train_set if not s.meta.get("synthetic")),
+                    "n_synthetic": sum(1 for s in train_set if s.meta.get("synthetic")),
+                    "seeds": seeds,
+                    **arm_metrics[arm],
+                }
+            write_json_atomic(
+                self.run_dir / "predictions.json",
+                {
+                    "image_id": [s.meta["image_id"] for s in test],
+                    "group": test_groups,
+                    "label": y_test.tolist(),
+                    "p_malignant": {arm: [p.tolist() for p in ps] for arm, ps in probabilities.items()},
+                },
+            )
+
+        # 9. the result JSON, written atomically, never over a finished one
+        self.timings["total"] = time.perf_counter() - start
+        result = {
+            "schema_version": SCHEMA_VERSION,
+            "run_id": self.run_id,
+            "created": created,
+            "dermabench_version": dermabench.__version__,
+            "git_commit": git_commit(),
+            "protocol": PROTOCOL,
+            "profile": config.profile,
+            "config": config.to_dict(),
+            "plugins": self.plugin_info,
+            "data": {
+                "n_train_pool": len(train_pool),
+                "n_val": len(val),
+                "n_test": len(test),
+                "n_test_lesions": len(set(test_groups)),
+                "rejected_images": data_report["rejected_images"]
+                + (test_report["rejected_images"] if test_samples is not None else 0),
+                "converted_images": data_report["converted_images"],
+                "image_size": config.image_size,
+                "resize": RESIZE_METHOD,
+                "dataset_report": data_report,
+                **({"test_dataset_report": test_report} if test_samples is not None else {}),
+                "prevalence": {
+                    "train_pool": _prevalence(train_pool),
+                    "val": _prevalence(val),
+                    "test": _prevalence(test),
+                },
+            },
+            "fidelity": fidelity,
+            "memorization": memorization,
+            "arms": arm_metrics,
+            "timings_s": {key: round(value, 3) for key, value in self.timings.items()},
+            "environment": environment(self.device),
+        }
+        return write_json_atomic(result_path, result, overwrite=False)
+
+    def save_grids(self, train_pool: Sequence[Sample], synthetic: Sequence[Sample], closest_pairs) -> None:
+        rows = []
+        for label, name in LABEL_NAMES.items():
+            rows.append((f"real {name}", [s.image for s in train_pool if s.label == label][:8]))
+            rows.append((f"synthetic {name}", [s.image for s in synthetic if s.label == label][:8]))
+        save_grid(rows, self.run_dir / "samples.png", title=f"{self.config.generator} on {self.config.dataset}")
+        if closest_pairs:
+            save_grid(closest_pairs, self.run_dir / "closest_pairs.png", title="synthetic vs nearest train image")
+
+
+def _prevalence(samples: Sequence[Sample]) -> float:
+    return round(sum(s.label for s in samples) / max(len(samples), 1), 4)
+
+
+def run(config: RunConfig, progress: Progress | None = None) -> Path:
+    """Run the protocol for `config`; returns the path of the result JSON."""
+    return Run(config, progress).execute()

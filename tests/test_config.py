@@ -1,0 +1,107 @@
+"""Config precedence: defaults < profile < config file < flags, and clear errors for bad values."""
+
+import pytest
+
+from dermabench.config import PROFILES, RunConfig, build_config, parse_options, read_config_file
+from dermabench.errors import DermabenchError
+
+
+def write(tmp_path, text):
+    path = tmp_path / "run.toml"
+    path.write_text(text)
+    return read_config_file(path)
+
+
+def test_defaults_are_the_quick_profile_on_phantom():
+    config = build_config()
+    assert config.profile == "quick"
+    assert config.dataset == "phantom"
+    assert config.n_real == PROFILES["quick"].settings["n_real"]
+    assert config.dataset_options == {"n": 3000}  # the profile's option for the phantom
+
+
+def test_profile_overrides_defaults():
+    config = build_config(profile="smoke")
+    assert (config.n_real, config.n_synthetic, config.seeds) == (120, 120, 1)
+    assert config.classifier_options == {"epochs": 3}
+
+
+def test_file_overrides_profile_and_flags_override_file(tmp_path):
+    settings = write(
+        tmp_path,
+        """
+        profile = "smoke"
+        n_real = 50
+        seeds = 3
+        [classifier_options]
+        epochs = 7
+        lr = 0.01
+        """,
+    )
+    config = build_config(settings)
+    assert (config.profile, config.n_real, config.seeds) == ("smoke", 50, 3)
+    assert config.n_synthetic == 120  # from the profile
+    assert config.classifier_options == {"epochs": 7, "lr": 0.01}  # file over profile
+
+    config = build_config(settings, n_real=80, classifier_options={"epochs": "9"})
+    assert config.n_real == 80
+    assert config.seeds == 3
+    assert config.classifier_options == {"epochs": "9", "lr": 0.01}  # flag over file, per key
+
+
+def test_flag_profile_beats_file_profile(tmp_path):
+    settings = write(tmp_path, 'profile = "paper"\n')
+    assert build_config(settings, profile="smoke").profile == "smoke"
+    assert build_config(settings).image_size == 224
+
+
+def test_profile_plugin_options_apply_only_to_that_plugin():
+    config = build_config(profile="smoke", classifier="other")
+    assert config.classifier_options == {}
+
+
+def test_unknown_key_in_file_is_named(tmp_path):
+    with pytest.raises(DermabenchError, match="unknown setting in .*run.toml 'n_reall'.*Did you mean 'n_real'"):
+        write(tmp_path, "n_reall = 5\n")
+
+
+def test_invalid_toml_names_the_file(tmp_path):
+    with pytest.raises(DermabenchError, match="run.toml: not valid TOML"):
+        write(tmp_path, "n_real = \n")
+
+
+def test_missing_config_file(tmp_path):
+    with pytest.raises(DermabenchError, match="config file not found"):
+        read_config_file(tmp_path / "nope.toml")
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        ({"profile": "quik"}, "unknown profile 'quik'.*Did you mean 'quick'"),
+        ({"seeds": 0}, "--seeds must be > 0"),
+        ({"n_real": -1}, "--n-real must be ≥ 0"),
+        ({"image_size": 8}, "--image-size must be at least 16"),
+        ({"arms": "real,real+synth"}, "unknown arm 'real\\+synth'"),
+        ({"arms": "synthetic"}, "must include 'real'"),
+        ({"n_synthetic": 0}, "--n-synthetic is 0"),
+        ({"device": "tpu"}, "--device must be"),
+        ({"data_dir": "/no/such/folder"}, "--data-dir does not exist"),
+        ({"seed": "abc"}, "'seed' must be an integer"),
+    ],
+)
+def test_bad_values_are_refused_with_the_flag_named(flags, message):
+    with pytest.raises(DermabenchError, match=message):
+        build_config(**flags)
+
+
+def test_parse_options():
+    assert parse_options(["a=1", "path=/x=y"], "--generator-opt") == {"a": "1", "path": "/x=y"}
+    with pytest.raises(DermabenchError, match="--classifier-opt expects key=value, got 'epochs'"):
+        parse_options(["epochs"], "--classifier-opt")
+
+
+def test_fingerprint_ignores_output_folder_but_not_settings():
+    a, b = RunConfig(out="x"), RunConfig(out="y")
+    assert a.fingerprint() == b.fingerprint()
+    assert RunConfig(seed=1).fingerprint() != a.fingerprint()
