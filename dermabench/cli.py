@@ -172,6 +172,25 @@ def preview(
     out.print(f"wrote {path}", highlight=False)
 
 
+@data_app.command("check")
+@user_errors
+def check(
+    dataset: Annotated[str, typer.Option(help="Dataset plugin.")],
+    data_dir: Annotated[Optional[Path], typer.Option(help="Folder of the dataset.")] = None,
+    dataset_opt: Annotated[list[str], typer.Option(help="Dataset option key=value (repeatable).")] = [],
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Load and validate every image; report counts, lesions, diagnoses and what was rejected."""
+    from dermabench.data_check import check as check_dataset
+    from dermabench.data_check import format_report
+
+    report = check_dataset(dataset, str(data_dir) if data_dir else None, parse_options(dataset_opt, "--dataset-opt"))
+    if as_json:
+        out.print_json(json.dumps(report, default=str))
+    else:
+        out.print(format_report(report), highlight=False, markup=False)
+
+
 def main() -> None:
     app()
 

@@ -78,7 +78,7 @@ def normalise_samples(samples: Iterable[Sample], size: int, source: str) -> tupl
         mode = sample.image.mode
         try:
             image, converted = to_square_rgb(sample.image, size)
-        except (OSError, ValueError) as exc:  # truncated or undecodable file data
+        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:  # broken file data
             report.rejected.append((image_id, f"cannot decode: {exc}"))
             continue
         if converted:

@@ -32,7 +32,7 @@ from dermabench.images import RESIZE_METHOD, normalise_samples
 from dermabench.metrics.classification import evaluate_arms
 from dermabench.prompts import make_prompts
 from dermabench.results import PROTOCOL, RESULT_FILE, SCHEMA_VERSION, environment, git_commit, write_json_atomic
-from dermabench.splits import load_or_make_split
+from dermabench.splits import group_of, load_or_make_split
 
 
 def resolve_device(device: str) -> str:
@@ -110,6 +110,11 @@ class Run:
             if report.labels[label] == 0:
                 raise DermabenchError(f"dataset '{name}' has no {label_name} images")
         summary = report.to_dict()
+        plugin_report = getattr(dataset, "report", None)
+        if isinstance(plugin_report, dict):
+            # files the plugin itself could not read count as rejected too
+            summary["plugin_report"] = plugin_report
+            summary["rejected_images"] += len(plugin_report.get("undecodable") or [])
         self.progress.log(
             f"{name}: {summary['n_images']} images ({summary['labels']}), "
             f"{summary['converted_images']} converted to RGB, {summary['rejected_images']} rejected"
@@ -157,15 +162,10 @@ class Run:
                 with_test=test_samples is None,
             )
             write_json_atomic(self.run_dir / "split.json", split.to_manifest([s.label for s in samples]))
-            groups = dict(zip(split.image_ids, split.groups))
             train_pool = [samples[i] for i in split.indices("train")]
             val = [samples[i] for i in split.indices("val")]
             test = test_samples if test_samples is not None else [samples[i] for i in split.indices("test")]
-            test_groups = (
-                [f"{s.meta.get('lesion_id') or s.meta['image_id']}" for s in test]
-                if test_samples is not None
-                else [groups[s.meta["image_id"]] for s in test]
-            )
+            test_groups = [group_of(s, i) for i, s in enumerate(test)]
             for name, part in (("validation", val), ("test", test)):
                 if len({s.label for s in part}) < 2:
                     raise DermabenchError(f"the {name} set has a single class; the dataset is too small to evaluate")

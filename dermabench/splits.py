@@ -83,10 +83,31 @@ def grouped_split(
     return Split(tuple(assignment), image_ids, tuple(groups))
 
 
+def official_split(samples: Sequence[Sample], with_test: bool = True) -> Split | None:
+    """The dataset's own split, when every sample carries `meta["official_split"]` (e.g. DermaMNIST).
+
+    Published splits are what results in the literature use, so they win over ours.
+    With a separate test dataset, the official test images are left out ("unused").
+    """
+    names = [s.meta.get("official_split") for s in samples]
+    if not names or any(name not in SPLITS for name in names):
+        return None
+    if not with_test:
+        names = ["unused" if name == "test" else name for name in names]
+    return Split(
+        tuple(names),
+        tuple(str(s.meta.get("image_id", i)) for i, s in enumerate(samples)),
+        tuple(group_of(s, i) for i, s in enumerate(samples)),
+    )
+
+
 def load_or_make_split(
     path: Path, samples: Sequence[Sample], seed: int, val_fraction: float, test_fraction: float, with_test: bool
 ) -> Split:
-    """Reuse the manifest at `path` if it exists and matches the dataset; else make and save one."""
+    """The official split if the dataset has one; else reuse the manifest at `path`, or make and save one."""
+    official = official_split(samples, with_test)
+    if official is not None:
+        return official
     image_ids = [str(s.meta.get("image_id", i)) for i, s in enumerate(samples)]
     if path.is_file():
         manifest = json.loads(path.read_text())["images"]

@@ -112,3 +112,13 @@ def test_no_lesion_leaks_on_real_ham10000_metadata():
     labels = np.array([s.label for s in samples])
     for name in ("train", "val", "test"):
         assert abs(labels[split.indices(name)].mean() - labels.mean()) < 0.02
+
+
+def test_official_split_wins_when_every_sample_has_one(tmp_path):
+    names = ["train", "val", "test"]
+    samples = [Sample(BLANK, i % 2, meta={"image_id": f"i{i}", "official_split": names[i % 3]}) for i in range(30)]
+    split = load_or_make_split(tmp_path / "m.json", samples, 0, 0.2, 0.2, True)
+    assert list(split.assignment) == [names[i % 3] for i in range(30)]
+    assert not (tmp_path / "m.json").exists()
+    cross = load_or_make_split(tmp_path / "m.json", samples, 0, 0.2, 0.2, False)
+    assert "test" not in cross.assignment and cross.assignment[2] == "unused"
