@@ -7,6 +7,7 @@ from collections.abc import Iterable, Iterator
 from typing import TypeVar
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress as RichBars, TextColumn, TimeRemainingColumn
 
 from dermabench.api import Progress
@@ -18,14 +19,15 @@ class ConsoleProgress(Progress):
     """Bars with ETA when stderr is a terminal; otherwise one line per step. `quiet` prints nothing."""
 
     def __init__(self, quiet: bool = False, console: Console | None = None) -> None:
-        self.console = console or Console(stderr=True)
+        self.console = console or Console(stderr=True, soft_wrap=True)
         self.quiet = quiet
         self.bars = self.console.is_terminal and not quiet
         self.start = time.perf_counter()
 
     def log(self, message: str) -> None:
         if not self.quiet:
-            self.console.print(f"[dim]{time.perf_counter() - self.start:7.1f}s[/dim] {message}", highlight=False)
+            stamp = f"[dim]{time.perf_counter() - self.start:7.1f}s[/dim]"
+            self.console.print(f"{stamp} {escape(message)}", highlight=False)
 
     def track(self, iterable: Iterable[T], description: str, total: int | None = None) -> Iterator[T]:
         if total is None and hasattr(iterable, "__len__"):

@@ -88,7 +88,7 @@ class Run:
         class _Timer:
             def __enter__(self):
                 self.start = time.perf_counter()
-                run.progress.log(f"[{step}]")
+                run.progress.log(f"step: {step}")
 
             def __exit__(self, *exc):
                 run.timings[step] = run.timings.get(step, 0.0) + time.perf_counter() - self.start

@@ -1,0 +1,541 @@
+"""The training loop shared by the built-in image classifiers (`cnn`, and later timm ViT, EfficientNet, ...).
+
+A subclass only says which network to train::
+
+    class MyClassifier(TorchImageClassifier):
+        name = "my-net"
+        description = "..."
+        option_specs = {**TorchImageClassifier.option_specs, "lr": Option("float", 3e-4, min=0, min_inclusive=False)}
+
+        def build_model(self, image_size: int) -> torch.nn.Module:
+            return ...  # maps a float batch N×3×S×S (normalised with `mean`/`std`) to N×1 (or N×2) logits
+
+Everything else is here, identical for every arm and seed:
+
+* **Data.** Images are converted once to a uint8 tensor N×3×S×S (RGB, resized to
+  `context.image_size` when needed); no PIL work per epoch.
+* **Augmentation** on tensors, applied to real and synthetic images alike: random
+  horizontal/vertical flips, 90° rotations and mild brightness/contrast jitter.
+* **Optimisation.** AdamW (no weight decay on biases and norm parameters), linear
+  warm-up over the first `warmup` fraction of the steps, then cosine decay to zero.
+* **Class balance.** Dermatology data is imbalanced (benign lesions dominate), so by
+  default (`balance=loss`) each sample's loss is weighted by n / (2 · n_class): both
+  classes contribute equally to the gradient. `balance=sampler` instead draws
+  batches with replacement so that each class is drawn with probability 1/2 (loss
+  unweighted); `balance=none` uses plain shuffling and an unweighted loss. The
+  weights used are recorded in `class_weights_` / `sample_weights_`.
+* **Training budget (fairness policy).** Training length is counted in
+  optimisation steps of `batch_size` images and does **not** depend on the size of
+  the training set. An "epoch" is a *nominal* epoch of `epoch_size` images
+  (default 512), i.e. ceil(epoch_size / batch_size) steps; a fit runs
+  `epochs` nominal epochs, or exactly `steps` steps when `steps` is given. With the
+  same options every arm (`real`, `real+synthetic`, `synthetic`, ...) therefore
+  takes the same number of steps and sees the same number of images, so an arm with
+  more images cannot win merely by training longer; a bigger set gives more
+  *variety*, not more updates. Batches are drawn from successive shuffled passes
+  over the arm's own data, continuing across nominal epochs.
+* **Model selection** on the validation set only: after every nominal epoch the
+  model is scored by validation AUC (by validation loss if the validation set has
+  one class; no selection if it is empty); the best state is kept and restored at
+  the end. Training stops early after `patience` epochs without improvement
+  (`patience=0` disables early stopping; the step budget is then an upper bound).
+  `fit` receives only train and val, so test data cannot influence anything.
+  The per-epoch record is in `history`; the chosen epoch in `best_epoch_`.
+* **Determinism.** All randomness (initialisation, dropout, shuffling,
+  augmentation) comes from seeds derived from `context.seed`; the global torch RNG
+  of the host is left untouched (`torch.random.fork_rng`). The same seed gives
+  bit-identical probabilities on the same machine and thread count.
+* A non-finite loss raises `PluginError` naming the step (lower `lr`).
+
+Common options (strings from the command line are coerced): `epochs`, `epoch_size`,
+`steps`, `batch_size`, `lr`, `weight_decay`, `warmup`, `patience`, `balance`,
+`augment`, `eval_batch_size`, `amp`. See `TorchImageClassifier.option_specs`.
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import math
+import os
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import numpy as np
+from PIL import Image
+
+import dermabench
+from dermabench.errors import DermabenchError, PluginError
+from dermabench.seeding import derive_seed
+
+if TYPE_CHECKING:  # torch is imported lazily so that listing plugins stays fast
+    import torch
+
+_TRUE = {"1", "true", "yes", "on", "y", "t"}
+_FALSE = {"0", "false", "no", "off", "n", "f"}
+
+
+# --------------------------------------------------------------------------- options
+
+
+@dataclass(frozen=True)
+class Option:
+    """One plugin option: its kind ("int", "float", "bool", "str"), default and constraints."""
+
+    kind: str
+    default: Any = None
+    help: str = ""
+    min: float | None = None
+    max: float | None = None
+    min_inclusive: bool = True
+    max_inclusive: bool = True
+    choices: tuple[str, ...] | None = None
+    #: None (or the strings "none"/"") is a valid value
+    optional: bool = False
+    required: bool = False
+
+    def describe(self) -> str:
+        if self.choices:
+            return "one of " + ", ".join(self.choices)
+        text = {"int": "an integer", "float": "a number", "bool": "true or false", "str": "a string"}[self.kind]
+        if self.min is not None:
+            text += f" {'≥' if self.min_inclusive else '>'} {self.min:g}"
+        if self.max is not None:
+            text += f"{' and' if self.min is not None else ''} {'≤' if self.max_inclusive else '<'} {self.max:g}"
+        if self.optional:
+            text += " (or none)"
+        return text
+
+    def coerce(self, value: Any) -> Any:
+        """The value as this option's type; raises ValueError when it is not acceptable."""
+        if self.optional and (value is None or (isinstance(value, str) and value.strip().lower() in ("", "none"))):
+            return None
+        if isinstance(value, str):
+            value = value.strip()
+        if self.kind == "bool":
+            if isinstance(value, bool):
+                return value
+            if isinstance(value, int) and value in (0, 1):
+                return bool(value)
+            if isinstance(value, str) and value.lower() in _TRUE | _FALSE:
+                return value.lower() in _TRUE
+            raise ValueError
+        if self.kind == "int":
+            if isinstance(value, bool):
+                raise ValueError
+            if isinstance(value, float):
+                if not value.is_integer():
+                    raise ValueError
+                value = int(value)
+            elif isinstance(value, str):
+                value = int(value.replace("_", ""))
+            elif not isinstance(value, (int, np.integer)):
+                raise ValueError
+            value = int(value)
+        elif self.kind == "float":
+            if isinstance(value, bool):
+                raise ValueError
+            value = float(value)
+            if not math.isfinite(value):
+                raise ValueError
+        elif self.kind == "str":
+            if isinstance(value, os.PathLike):
+                value = os.fspath(value)
+            if not isinstance(value, str):
+                raise ValueError
+            if self.choices is not None:
+                value = value.lower()
+                if value not in self.choices:
+                    raise ValueError
+        if self.min is not None and (value < self.min or (value == self.min and not self.min_inclusive)):
+            raise ValueError
+        if self.max is not None and (value > self.max or (value == self.max and not self.max_inclusive)):
+            raise ValueError
+        return value
+
+
+def parse_options(
+    plugin: str, options: Mapping[str, Any], specs: Mapping[str, Option], flag: str = "--classifier-opt"
+) -> dict[str, Any]:
+    """Validate and coerce keyword options against `specs`; defaults fill the rest.
+
+    Unknown options, missing required ones and bad values raise `DermabenchError`
+    naming the plugin and the option, as the user typed them.
+    """
+    resolved: dict[str, Any] = {}
+    for key, value in options.items():
+        if key not in specs:
+            close = difflib.get_close_matches(key, list(specs), n=1)
+            hint = f" Did you mean '{close[0]}'?" if close else ""
+            known = ", ".join(sorted(specs)) or "(none)"
+            raise DermabenchError(f"{plugin}: unknown option '{key}'. Known options: {known}.{hint}")
+        spec = specs[key]
+        try:
+            resolved[key] = spec.coerce(value)
+        except (TypeError, ValueError, OverflowError):
+            raise DermabenchError(
+                f"{plugin}: option '{key}' must be {spec.describe()}, got {value!r} ({flag} {key}=...)"
+            ) from None
+    for key, spec in specs.items():
+        if key not in resolved:
+            if spec.required:
+                raise DermabenchError(f"{plugin}: option '{key}' is required ({flag} {key}=...)")
+            resolved[key] = spec.default
+    return resolved
+
+
+# --------------------------------------------------------------------------- tensors
+
+
+def images_to_uint8(images: Sequence[Image.Image], size: int) -> torch.Tensor:
+    """RGB uint8 tensor N×3×size×size; images not already size×size are resized (bilinear, antialiased)."""
+    import torch
+
+    array = np.empty((len(images), size, size, 3), dtype=np.uint8)
+    for i, image in enumerate(images):
+        if not isinstance(image, Image.Image):
+            raise PluginError(f"expected PIL images, got {type(image).__name__} at index {i}")
+        if image.mode != "RGB":
+            image = image.convert("RGB")
+        if image.size != (size, size):
+            image = image.resize((size, size), Image.Resampling.BILINEAR)
+        array[i] = np.asarray(image)
+    return torch.from_numpy(array).permute(0, 3, 1, 2).contiguous()
+
+
+def augment_batch(x: torch.Tensor, generator: torch.Generator, jitter: float = 0.1) -> torch.Tensor:
+    """Random flips, 90° rotations and brightness/contrast jitter of a float batch in [0, 1] (N×3×S×S).
+
+    Random numbers come from `generator` (on the CPU), so results do not depend on the device.
+    """
+    import torch
+
+    n = x.shape[0]
+    device = x.device
+    flip_h = (torch.rand(n, generator=generator) < 0.5).to(device)
+    flip_v = (torch.rand(n, generator=generator) < 0.5).to(device)
+    turns = torch.randint(0, 4, (n,), generator=generator)
+    brightness = 1.0 + (torch.rand(n, generator=generator) * 2 - 1) * jitter
+    contrast = 1.0 + (torch.rand(n, generator=generator) * 2 - 1) * jitter
+    x = torch.where(flip_h[:, None, None, None], x.flip(3), x)
+    x = torch.where(flip_v[:, None, None, None], x.flip(2), x)
+    if x.shape[2] == x.shape[3]:
+        x = x.clone()
+        for k in (1, 2, 3):
+            sel = (turns == k).nonzero().flatten().to(device)
+            if len(sel):
+                x[sel] = torch.rot90(x[sel], k, dims=(2, 3))
+    brightness = brightness.to(device, x.dtype)[:, None, None, None]
+    contrast = contrast.to(device, x.dtype)[:, None, None, None]
+    mean = x.mean(dim=(1, 2, 3), keepdim=True)
+    return (((x - mean) * contrast + mean) * brightness).clamp_(0.0, 1.0)
+
+
+def roc_auc(labels: np.ndarray, scores: np.ndarray) -> float:
+    """Area under the ROC curve (Mann-Whitney, ties count half); nan when only one class is present."""
+    labels = np.asarray(labels).astype(bool)
+    n_pos, n_neg = int(labels.sum()), int((~labels).sum())
+    if n_pos == 0 or n_neg == 0:
+        return float("nan")
+    _, inverse, counts = np.unique(np.asarray(scores, dtype=np.float64), return_inverse=True, return_counts=True)
+    ranks = (np.cumsum(counts) - (counts - 1) / 2.0)[inverse.reshape(-1)]  # average ranks, 1-based
+    return float((ranks[labels].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
+
+
+def resolve_device(device: str) -> str:
+    import torch
+
+    if device == "auto":
+        if torch.cuda.is_available():
+            return "cuda"
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return "mps"
+        return "cpu"
+    return device
+
+
+# --------------------------------------------------------------------------- the classifier
+
+
+class TorchImageClassifier(dermabench.Classifier):
+    """Base class: a torch image classifier trained by the shared loop (see the module docstring).
+
+    Subclasses set `name`, `description`, optionally extend `option_specs` or change
+    `mean`/`std`, and implement `build_model(image_size)`; the resolved options are
+    in `self.config`.
+
+    After `fit`: `model_`, `history` (one dict per nominal epoch: epoch, step,
+    train_loss, val_auc, val_loss, lr, selected), `best_epoch_`, `best_step_`,
+    `best_score_`, `selection_metric_` ("val_auc", "val_loss" or "none"),
+    `steps_done_`, `stopped_early_`, `class_weights_`, `sample_weights_`,
+    `fit_seconds_`, `train_images_per_s_`.
+    """
+
+    #: per-channel normalisation applied after augmentation (ImageNet statistics by default)
+    mean: ClassVar[tuple[float, float, float]] = (0.485, 0.456, 0.406)
+    std: ClassVar[tuple[float, float, float]] = (0.229, 0.224, 0.225)
+    #: how strong the brightness/contrast jitter is (± this fraction)
+    jitter: ClassVar[float] = 0.1
+    #: run the model and its inputs in channels-last memory format (faster for convnets on CPU)
+    channels_last: ClassVar[bool] = False
+
+    option_specs: ClassVar[dict[str, Option]] = {
+        "epochs": Option("int", 20, "nominal epochs of `epoch_size` images (validation after each)", min=1),
+        "epoch_size": Option("int", 512, "images per nominal epoch, the same for every arm", min=1),
+        "steps": Option("int", None, "exact optimisation-step budget; overrides epochs × epoch_size", min=1,
+                        optional=True),
+        "batch_size": Option("int", 64, "training batch size", min=1),
+        "lr": Option("float", 2e-3, "peak AdamW learning rate", min=0, min_inclusive=False),
+        "weight_decay": Option("float", 0.05, "AdamW weight decay (not on biases/norms)", min=0),
+        "warmup": Option("float", 0.05, "fraction of the steps spent in linear warm-up", min=0, max=1,
+                         max_inclusive=False),
+        "patience": Option("int", 6, "nominal epochs without a better validation score before stopping; 0 = never",
+                           min=0),
+        "balance": Option("str", "loss", "class balance: loss weights, balanced sampler or none",
+                          choices=("loss", "sampler", "none")),
+        "augment": Option("bool", True, "flips, 90° rotations, brightness/contrast jitter during training"),
+        "eval_batch_size": Option("int", 256, "batch size for validation and prediction", min=1),
+        "amp": Option("bool", True, "bfloat16 autocast on CUDA (ignored on other devices)"),
+    }
+
+    def __init__(self, **options: Any) -> None:
+        super().__init__(**options)
+        self.config = parse_options(f"classifier '{self.name}'", options, self.option_specs)
+        self.model_: torch.nn.Module | None = None
+        self.history: list[dict[str, Any]] = []
+
+    # -- for subclasses -------------------------------------------------------
+
+    def build_model(self, image_size: int) -> torch.nn.Module:
+        """A fresh network mapping N×3×S×S normalised floats to N×1 (or N×2) logits."""
+        raise NotImplementedError
+
+    # -- budget ------------------------------------------------------------------
+
+    def steps_per_epoch(self) -> int:
+        return math.ceil(self.config["epoch_size"] / self.config["batch_size"])
+
+    def total_steps(self) -> int:
+        """The step budget of one fit: `steps`, else epochs × ceil(epoch_size / batch_size). Same for every arm."""
+        if self.config["steps"] is not None:
+            return int(self.config["steps"])
+        return self.config["epochs"] * self.steps_per_epoch()
+
+    # -- fit ---------------------------------------------------------------------
+
+    def fit(self, train: Sequence[dermabench.Sample], val: Sequence[dermabench.Sample],
+            context: dermabench.RunContext) -> None:
+        import torch
+
+        cfg = self.config
+        who = f"classifier '{self.name}'"
+        size = int(context.image_size)
+        if not train:
+            raise PluginError(f"{who}: the training set is empty")
+        y_train = np.array([int(s.label) for s in train])
+        if not np.isin(y_train, (0, 1)).all():
+            raise PluginError(f"{who}: labels must be 0 (benign) or 1 (malignant)")
+        counts = np.bincount(y_train, minlength=2)
+        if counts.min() == 0:
+            missing = "benign" if counts[0] == 0 else "malignant"
+            raise PluginError(f"{who}: the training set has no {missing} images ({len(train)} images)")
+        device = resolve_device(context.device)
+
+        x_train = images_to_uint8([s.image for s in train], size)
+        x_val = images_to_uint8([s.image for s in val], size)
+        y_val = np.array([int(s.label) for s in val], dtype=np.int64)
+        labels = torch.from_numpy(y_train.astype(np.int64))
+
+        n = len(train)
+        # class balance: weights n / (2 n_c) make both classes contribute equally
+        class_w = n / (2.0 * counts)
+        self.class_weights_ = {0: 1.0, 1: 1.0}
+        self.sample_weights_ = None
+        if cfg["balance"] == "loss":
+            self.class_weights_ = {0: float(class_w[0]), 1: float(class_w[1])}
+        elif cfg["balance"] == "sampler":
+            self.sample_weights_ = torch.from_numpy((1.0 / (2.0 * counts))[y_train]).double()
+        loss_w = torch.tensor([self.class_weights_[0], self.class_weights_[1]], dtype=torch.float32, device=device)
+
+        total = self.total_steps()
+        per_epoch = self.steps_per_epoch() if cfg["steps"] is None else min(self.steps_per_epoch(), total)
+        n_epochs = math.ceil(total / per_epoch)
+        warmup = int(round(cfg["warmup"] * total))
+
+        if len(val) and len(set(y_val.tolist())) == 2:
+            self.selection_metric_ = "val_auc"
+        elif len(val):
+            self.selection_metric_ = "val_loss"
+        else:
+            self.selection_metric_ = "none"
+
+        devices = [torch.device(device).index or 0] if device.startswith("cuda") else []
+        start = time.perf_counter()
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(derive_seed(context.seed, "classifier", self.name, "init"))
+            data_gen = torch.Generator().manual_seed(derive_seed(context.seed, "classifier", self.name, "data"))
+            aug_gen = torch.Generator().manual_seed(derive_seed(context.seed, "classifier", self.name, "augment"))
+            model = self.build_model(size).to(device)
+            if self.channels_last:
+                model = model.to(memory_format=torch.channels_last)
+            decay = [p for p in model.parameters() if p.requires_grad and p.ndim > 1]
+            no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim <= 1]
+            optimizer = torch.optim.AdamW(
+                [{"params": decay, "weight_decay": cfg["weight_decay"]}, {"params": no_decay, "weight_decay": 0.0}],
+                lr=cfg["lr"],
+            )
+
+            def lr_factor(step: int) -> float:
+                if step < warmup:
+                    return (step + 1) / (warmup + 1)
+                progress = (step - warmup) / max(1, total - warmup)
+                return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+            scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor)
+            batches = self._batch_indices(n, total, data_gen)
+            mean = torch.tensor(self.mean, device=device).view(1, 3, 1, 1)
+            std = torch.tensor(self.std, device=device).view(1, 3, 1, 1)
+
+            self.history = []
+            best_score, best_state = -math.inf, None
+            self.best_epoch_, self.best_step_, self.best_score_ = 0, 0, float("nan")
+            self.stopped_early_ = False
+            stale, step = 0, 0
+            for epoch in context.progress.track(range(1, n_epochs + 1), f"training {self.name}", total=n_epochs):
+                model.train()
+                losses = []
+                for _ in range(min(per_epoch, total - step)):
+                    idx = next(batches)
+                    x = x_train[idx].to(device, non_blocking=True).float().div_(255.0)
+                    if cfg["augment"]:
+                        x = augment_batch(x, aug_gen, self.jitter)
+                    x = self._prepare(x, mean, std)
+                    y = labels[idx].to(device)
+                    with self._autocast(device):
+                        logits = model(x)
+                    loss = self._loss(logits, y, loss_w)
+                    step += 1
+                    if not torch.isfinite(loss):
+                        raise PluginError(
+                            f"{who}: the training loss became {loss.item()} at step {step} of {total} "
+                            f"(epoch {epoch}); lower the learning rate (lr={cfg['lr']:g})"
+                        )
+                    optimizer.zero_grad(set_to_none=True)
+                    loss.backward()
+                    optimizer.step()
+                    scheduler.step()
+                    losses.append(loss.detach())
+                train_loss = float(torch.stack(losses).mean()) if losses else float("nan")
+                record: dict[str, Any] = {"epoch": epoch, "step": step, "train_loss": train_loss,
+                                          "lr": optimizer.param_groups[0]["lr"],
+                                          "val_auc": float("nan"), "val_loss": float("nan"), "selected": False}
+                if self.selection_metric_ == "none":
+                    score = float(step)  # no validation: keep the last state
+                else:
+                    p_val = self._predict_tensor(model, x_val, device, mean, std)
+                    record["val_auc"] = roc_auc(y_val, p_val)
+                    eps = 1e-7
+                    pc = np.clip(p_val, eps, 1 - eps)
+                    record["val_loss"] = float(-np.mean(y_val * np.log(pc) + (1 - y_val) * np.log(1 - pc)))
+                    score = record["val_auc"] if self.selection_metric_ == "val_auc" else -record["val_loss"]
+                    if not math.isfinite(score):
+                        score = -math.inf
+                if score > best_score or best_state is None:
+                    best_score = score
+                    best_state = copy.deepcopy(model.state_dict())
+                    self.best_epoch_, self.best_step_ = epoch, step
+                    self.best_score_ = score if self.selection_metric_ != "val_loss" else -score
+                    record["selected"] = True
+                    stale = 0
+                else:
+                    stale += 1
+                self.history.append(record)
+                if cfg["patience"] and stale >= cfg["patience"] and step < total:
+                    self.stopped_early_ = True
+                    break
+            model.load_state_dict(best_state)
+            model.eval()
+        for record in self.history:
+            record["selected"] = record["epoch"] == self.best_epoch_
+        self.model_ = model
+        self.steps_done_ = step
+        self.fit_seconds_ = time.perf_counter() - start
+        self.train_images_per_s_ = step * cfg["batch_size"] / self.fit_seconds_ if self.fit_seconds_ > 0 else 0.0
+        if self.selection_metric_ == "none":
+            self.best_score_ = float("nan")
+
+    def _batch_indices(self, n: int, total: int, generator: torch.Generator):
+        """Index tensors of `batch_size`: successive shuffled passes, or class-balanced draws with replacement."""
+        import torch
+
+        bs = self.config["batch_size"]
+        if self.sample_weights_ is not None:
+            for _ in range(total):
+                yield torch.multinomial(self.sample_weights_, bs, replacement=True, generator=generator)
+            return
+        pool = torch.empty(0, dtype=torch.long)
+        for _ in range(total):
+            while len(pool) < bs:
+                pool = torch.cat([pool, torch.randperm(n, generator=generator)])
+            yield pool[:bs]
+            pool = pool[bs:]
+
+    def _autocast(self, device: str):
+        import torch
+
+        enabled = bool(self.config["amp"]) and device.startswith("cuda")
+        return torch.autocast(device_type="cuda" if enabled else "cpu", dtype=torch.bfloat16, enabled=enabled)
+
+    def _prepare(self, x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+        import torch
+
+        x = (x - mean) / std
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
+
+    @staticmethod
+    def _loss(logits: torch.Tensor, y: torch.Tensor, class_weights: torch.Tensor) -> torch.Tensor:
+        import torch.nn.functional as F
+
+        if logits.ndim == 2 and logits.shape[1] == 2:
+            per_sample = F.cross_entropy(logits.float(), y, reduction="none")
+        else:
+            per_sample = F.binary_cross_entropy_with_logits(logits.float().reshape(-1), y.float(), reduction="none")
+        return (per_sample * class_weights[y]).mean()
+
+    def _predict_tensor(self, model, x_uint8, device, mean, std) -> np.ndarray:
+        import torch
+
+        model.eval()
+        out = []
+        bs = self.config["eval_batch_size"]
+        with torch.inference_mode():
+            for i in range(0, len(x_uint8), bs):
+                x = x_uint8[i:i + bs].to(device).float().div_(255.0)
+                with self._autocast(device):
+                    logits = model(self._prepare(x, mean, std))
+                logits = logits.float()
+                if logits.ndim == 2 and logits.shape[1] == 2:
+                    p = torch.softmax(logits, dim=1)[:, 1]
+                else:
+                    p = torch.sigmoid(logits.reshape(-1))
+                out.append(p.cpu().double())
+        return torch.cat(out).numpy() if out else np.zeros(0, dtype=np.float64)
+
+    # -- predict -----------------------------------------------------------------
+
+    def predict_proba(self, images: Sequence[Image.Image], context: dermabench.RunContext) -> np.ndarray:
+        import torch
+
+        if self.model_ is None:
+            raise PluginError(f"classifier '{self.name}': predict_proba called before fit")
+        device = resolve_device(context.device)
+        self.model_.to(device)
+        mean = torch.tensor(self.mean, device=device).view(1, 3, 1, 1)
+        std = torch.tensor(self.std, device=device).view(1, 3, 1, 1)
+        p = self._predict_tensor(self.model_, images_to_uint8(list(images), int(context.image_size)), device,
+                                 mean, std)
+        if not np.isfinite(p).all():
+            raise PluginError(f"classifier '{self.name}': the model produced non-finite probabilities")
+        return np.clip(p.astype(np.float64), 0.0, 1.0)
