@@ -15,7 +15,7 @@ import numpy as np
 from dermabench.api import LABEL_NAMES, FeatureExtractor, Progress, RunContext, Sample
 from dermabench.errors import PluginError
 from dermabench.generation import plugin_call
-from dermabench.metrics.fidelity import fidelity_metrics
+from dermabench.metrics.fidelity import fid_from_statistics, fid_statistics, fidelity_metrics
 from dermabench.metrics.memorization import memorization
 from dermabench.seeding import derive_seed
 
@@ -33,14 +33,15 @@ def extract(extractor: FeatureExtractor, samples: Sequence[Sample], context: Run
 
 
 def compare(real: np.ndarray, synthetic: np.ndarray, floor_real: np.ndarray, seed: int) -> dict:
-    """Synthetic-vs-real numbers beside the real-vs-real floor at the same N."""
+    """Synthetic-vs-real numbers beside the real-vs-real FID floor at the same N."""
     if len(real) < 2 or len(synthetic) < 2 or len(floor_real) < 2:
         return {"fid": None, "n_real": len(real), "n_synthetic": len(synthetic), "note": "fewer than 2 images"}
-    numbers = fidelity_metrics(real, synthetic, seed=seed)
-    floor = fidelity_metrics(real, floor_real, seed=seed)
-    numbers["fid_real_floor"] = floor["fid"]
-    numbers["kid_real_floor"] = floor["kid_mean"]
-    numbers["relative_fid"] = numbers["fid"] / floor["fid"] if floor["fid"] > 0 else None
+    real_statistics = fid_statistics(real)  # shared by both distances
+    numbers = fidelity_metrics(real, synthetic, seed=seed, real_statistics=real_statistics)
+    floor = fid_from_statistics(*fid_statistics(floor_real), *real_statistics)
+    numbers["fid_real_floor"] = floor
+    numbers["n_real_floor"] = len(floor_real)
+    numbers["relative_fid"] = numbers["fid"] / floor if floor > 0 else None
     return numbers
 
 
