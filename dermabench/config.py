@@ -42,7 +42,7 @@ class RunConfig:
     test_dataset: str | None = None
     test_data_dir: str | None = None
     extractor: str = "efficientnet-lite0"
-    captioner: str = "template"
+    captioner: str = "abcd"
     seed: int = 0
     #: K: classifier seeds per arm
     seeds: int = 2

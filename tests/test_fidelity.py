@@ -193,3 +193,17 @@ def test_memorization_flags_flipped_training_images_through_the_real_extractor()
     assert (copied["nearest_train_index"] == np.arange(40)).mean() > 0.9
     honest = memorization(ex.extract(independent), f_train, f_test)
     assert honest["near_copy_rate"] < 0.4
+
+
+@pytest.mark.parametrize("n", [50, 400])
+def test_fid_equals_torch_fidelity_own_function(n):
+    """Our symmetric eigendecomposition gives torch-fidelity's number, also when N < dim (rank-deficient)."""
+    from dermabench.metrics.fidelity import fid_from_statistics, fid_statistics, fid_torch_fidelity
+
+    rng = np.random.default_rng(n)
+    a = rng.standard_normal((n, 128)) @ rng.standard_normal((128, 128)) * 0.1
+    b = rng.standard_normal((n, 128)) * 1.3 + 0.2
+    stats_a, stats_b = fid_statistics(a), fid_statistics(b)
+    ours = fid_from_statistics(*stats_a, *stats_b)
+    reference = fid_torch_fidelity(*stats_a, *stats_b)
+    assert ours == pytest.approx(reference, rel=1e-6)

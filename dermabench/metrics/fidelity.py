@@ -5,7 +5,8 @@ extractor; the host extracts features once (any `FeatureExtractor`) and calls
 these functions. All arithmetic is float64.
 
 torch-fidelity functions used (torch-fidelity >= 0.4, where precision/recall exist):
-  * FID: `metric_fid.fid_features_to_statistics` / `fid_statistics_to_metric`
+  * FID: `metric_fid.fid_features_to_statistics`, then the distance in the symmetric form
+    of `fid_statistics_to_metric` (see `fid_from_statistics`)
   * KID: `metric_kid.kid_features_to_metric` (polynomial kernel, degree 3,
     gamma = 1/dim, coef0 = 1, unbiased MMD², `kid_subsets` random subsets)
   * precision/recall: `metric_prc.prc_features_to_metric` (Kynkäänniemi et al. 2019,
@@ -64,15 +65,33 @@ def fid_statistics(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def fid_from_statistics(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray) -> float:
-    """Fréchet distance between two Gaussians (torch-fidelity's `fid_statistics_to_metric`)."""
-    from torch_fidelity.metric_fid import KEY_METRIC_FID, fid_statistics_to_metric
+    """Fréchet distance between two Gaussians: |mu1 - mu2|² + tr(S1) + tr(S2) - 2 tr((S1 S2)^½).
 
+    torch-fidelity's `fid_statistics_to_metric` takes tr((S1 S2)^½) as the sum of the
+    square roots of the eigenvalues of the non-symmetric S1 S2 (negative ones count as
+    0). The same eigenvalues are those of the symmetric PSD matrix S1^½ S2 S1^½, which
+    two `eigh` calls find about 10× faster at 1280 dimensions (6.5 s → 0.6 s each here;
+    a run computes six FIDs). tests/test_fidelity.py checks the two agree to 1e-6.
+    """
     mu1, mu2 = np.asarray(mu1, dtype=np.float64), np.asarray(mu2, dtype=np.float64)
     sigma1, sigma2 = np.asarray(sigma1, dtype=np.float64), np.asarray(sigma2, dtype=np.float64)
     if mu1.shape != mu2.shape or mu1.ndim != 1 or sigma1.shape != sigma2.shape or sigma1.shape != mu1.shape * 2:
         raise ValueError(
             f"fid_from_statistics: mismatched statistics mu {mu1.shape}/{mu2.shape}, sigma {sigma1.shape}/{sigma2.shape}"
         )
+    values, vectors = np.linalg.eigh(sigma1)
+    root1 = (vectors * np.sqrt(np.clip(values, 0.0, None))) @ vectors.T
+    product = root1 @ sigma2 @ root1
+    eigenvalues = np.linalg.eigvalsh((product + product.T) / 2)
+    trace_sqrt = float(np.sqrt(np.clip(eigenvalues, 0.0, None)).sum())
+    diff = mu1 - mu2
+    return float(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2.0 * trace_sqrt)
+
+
+def fid_torch_fidelity(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray) -> float:
+    """The same distance through torch-fidelity's own function (the reference for tests)."""
+    from torch_fidelity.metric_fid import KEY_METRIC_FID, fid_statistics_to_metric
+
     out = fid_statistics_to_metric({"mu": mu1, "sigma": sigma1}, {"mu": mu2, "sigma": sigma2}, verbose=False)
     return float(out[KEY_METRIC_FID])
 
