@@ -1,0 +1,99 @@
+"""The command line, through its runner: exact errors for users, JSON and tables for scripts."""
+
+import json
+
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from dermabench.cli import app
+
+runner = CliRunner()
+
+
+def invoke(*args):
+    return runner.invoke(app, list(map(str, args)))
+
+
+def test_unknown_generator_is_one_line_with_suggestion_and_exit_2():
+    result = invoke("run", "--generator", "augmnt", "--profile", "smoke")
+    assert result.exit_code == 2
+    assert result.stderr.strip().splitlines() == [
+        "error: unknown generator 'augmnt'. Known: augment, folder. Did you mean 'augment'?"
+    ]
+    assert "Traceback" not in result.output
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--seeds", "0"], "error: --seeds must be > 0, got 0"),
+        (["--classifier-opt", "epochs"], "error: --classifier-opt expects key=value, got 'epochs'"),
+        (["--config", "/no/such.toml"], "error: config file not found: /no/such.toml"),
+        (["--data-dir", "/no/such/dir"], "error: --data-dir does not exist: /no/such/dir"),
+        (["--generator", "folder"], "error: generator 'folder' needs --generator-opt path=DIR"),
+    ],
+)
+def test_bad_input_exits_2_naming_the_culprit(args, message, tmp_path):
+    result = invoke("run", "--profile", "smoke", "--out", tmp_path, *args)
+    assert result.exit_code == 2, result.output
+    assert result.stderr.strip().splitlines()[-1].startswith(message)
+    assert "Traceback" not in result.output
+
+
+def test_list_generators():
+    result = invoke("list", "generators")
+    assert result.exit_code == 0
+    names = [line.split()[0] for line in result.stdout.splitlines()]
+    assert names == sorted(names) and {"augment", "folder"} <= set(names)
+
+
+def test_list_unknown_kind():
+    result = invoke("list", "generatrs")
+    assert result.exit_code == 2
+    assert "Did you mean 'generators'?" in result.stderr
+
+
+def test_plugins_json():
+    result = invoke("plugins", "--json")
+    assert result.exit_code == 0
+    rows = {row["name"]: row for row in json.loads(result.stdout)}
+    assert rows["augment"]["registers"] == {"generator": ["augment"]}
+    assert rows["efficientnet-lite0"]["hooks"] == ["register_extractors"]
+
+
+def test_data_preview_writes_a_grid(tmp_path):
+    out = tmp_path / "grid.png"
+    result = invoke("data", "preview", "phantom", "--out", out, "--per-class", 4, "--image-size", 48)
+    assert result.exit_code == 0, result.output
+    width, height = Image.open(out).size
+    assert width >= 4 * 48 and height >= 2 * 48
+
+
+def test_folder_generator_run_then_leaderboard(tmp_path):
+    """`dermabench run --generator folder --generator-opt path=DIR` benchmarks a folder of images."""
+    from dermabench_plugins.phantom import PhantomDataset
+
+    folder = tmp_path / "synthetic"
+    counts = {0: 0, 1: 0}
+    for sample in PhantomDataset(n=600, seed=99).samples():
+        sub = folder / ("malignant" if sample.label else "benign")
+        sub.mkdir(parents=True, exist_ok=True)
+        sample.image.save(sub / f"{counts[sample.label]:04d}.png")
+        counts[sample.label] += 1
+    out = tmp_path / "results"
+    result = invoke("run", "--profile", "smoke", "--generator", "folder", "--generator-opt", f"path={folder}",
+                    "--n-synthetic", 80, "--out", out, "--quiet")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "| 1 | folder | cnn |" in result.stdout
+    [result_file] = out.rglob("result.json")
+    saved = json.loads(result_file.read_text())
+    assert saved["arms"]["synthetic"]["n_synthetic"] == 80
+    assert saved["config"]["generator_options"] == {"path": str(folder)}
+
+    table = invoke("leaderboard", out, "--format", "json")
+    assert table.exit_code == 0
+    [group] = json.loads(table.stdout)
+    [row] = group["rows"]
+    assert row["auc[real+synthetic]"] == saved["arms"]["real+synthetic"]["auc"]
+    assert row["fid"] == saved["fidelity"]["fid"]

@@ -1,0 +1,136 @@
+"""The whole protocol on the smoke profile: contract, determinism, caches, never overwriting."""
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import dermabench
+from dermabench import plugins
+from dermabench.config import build_config
+from dermabench.errors import DermabenchError, PluginError
+from dermabench.protocol import run
+from dermabench.results import validate_result
+
+
+def smoke(tmp_path, **flags):
+    return build_config(profile="smoke", out=str(tmp_path), **flags)
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("smoke")
+    path = run(build_config(profile="smoke", out=str(out)))
+    return path, json.loads(path.read_text())
+
+
+def test_result_matches_the_contract(smoke_run):
+    path, result = smoke_run
+    validate_result(result)
+    assert result["protocol"] == {"name": "real-vs-synthetic", "version": 1}
+    assert set(result["arms"]) == {"real", "real+synthetic", "synthetic"}
+    real, mixed, synthetic = (result["arms"][arm] for arm in ("real", "real+synthetic", "synthetic"))
+    assert (real["n_real"], real["n_synthetic"]) == (120, 0)
+    assert (mixed["n_real"], mixed["n_synthetic"]) == (120, 120)
+    assert (synthetic["n_real"], synthetic["n_synthetic"]) == (0, 120)
+    for arm in (real, mixed, synthetic):
+        assert 0.0 <= arm["auc"] <= 1.0
+        lo, hi = arm["auc_ci95"]
+        assert lo <= arm["auc"] <= hi
+    assert mixed["delta_vs_real"]["auc"]["value"] == pytest.approx(mixed["auc"] - real["auc"])
+    data = result["data"]
+    assert data["n_train_pool"] + data["n_val"] + data["n_test"] == data["dataset_report"]["n_images"]
+    fidelity = result["fidelity"]
+    assert fidelity["extractor"] == "efficientnet-lite0"
+    assert fidelity["fid"] > 0 and fidelity["fid_real_floor"] > 0
+    assert fidelity["relative_fid"] == pytest.approx(fidelity["fid"] / fidelity["fid_real_floor"])
+    assert set(fidelity["per_class"]) == {"benign", "malignant"}
+    assert 0.0 <= result["memorization"]["near_copy_rate"] <= 1.0
+    assert set(result["timings_s"]) >= {"fit_generator", "generate", "fidelity", "classify", "total"}
+    assert result["plugins"]["generator"] == {"name": "augment", "plugin": "augment", "version": dermabench.__version__}
+    for name in ("split.json", "predictions.json", "samples.png", "closest_pairs.png"):
+        assert (path.parent / name).is_file()
+    assert Image.open(path.parent / "samples.png").size[0] > 0
+
+
+def test_split_manifest_keeps_lesions_on_one_side(smoke_run):
+    path, _ = smoke_run
+    sides = {}
+    for row in json.loads((path.parent / "split.json").read_text())["images"]:
+        sides.setdefault(row["group"], set()).add(row["split"])
+    assert sides and all(len(s) == 1 for s in sides.values())
+
+
+def test_same_seed_same_metrics_in_a_fresh_folder(smoke_run, tmp_path):
+    _, first = smoke_run
+    second = json.loads(run(smoke(tmp_path)).read_text())
+    for arm in first["arms"]:
+        for key in ("auc", "accuracy", "auc_ci95", "balanced_accuracy"):
+            assert second["arms"][arm][key] == first["arms"][arm][key]
+    assert second["fidelity"]["fid"] == first["fidelity"]["fid"]
+
+
+def test_finished_run_is_never_overwritten(smoke_run):
+    path, _ = smoke_run
+    before = path.read_bytes()
+    with pytest.raises(DermabenchError, match="already finished"):
+        run(build_config(profile="smoke", out=str(path.parent.parent)))
+    assert path.read_bytes() == before
+
+
+def test_rerun_reuses_generated_images(smoke_run, tmp_path):
+    """A second run with the same generator settings into the same folder generates nothing."""
+    path, _ = smoke_run
+    out = path.parent.parent
+    result = json.loads(run(build_config(profile="smoke", out=str(out), seeds=2)).read_text())
+    assert result["timings_s"]["generate"] == 0.0
+    assert result["timings_s"]["fit_generator"] == 0.0
+
+
+class Broken(dermabench.Generator):
+    name = "broken-test"
+    mode = "count"
+
+    def generate(self, prompts, context):
+        if self.mode == "count":
+            return [Image.new("RGB", (8, 8))] * (len(prompts) - 1)
+        if self.mode == "gray":
+            return [Image.new("L", (8, 8))] * len(prompts)
+        raise RuntimeError("GPU on fire")
+
+
+@pytest.fixture
+def broken_generator():
+    class Plugin:
+        @dermabench.hookimpl
+        def register_generators(self, register):
+            register(Broken)
+
+    plugin = Plugin()
+    plugins.pm.register(plugin, name="broken-test")
+    yield Broken
+    plugins.pm.unregister(plugin)
+    Broken.mode = "count"
+
+
+@pytest.mark.parametrize(
+    "mode, message",
+    [
+        ("count", "generator 'broken-test' returned 119 images for 120 prompts"),
+        ("gray", "generator 'broken-test' returned a L image for prompt 0; RGB is required"),
+        ("raise", "generator 'broken-test' failed in generate\\(\\): RuntimeError: GPU on fire"),
+    ],
+)
+def test_a_plugin_breaking_its_contract_is_named(broken_generator, tmp_path, mode, message):
+    broken_generator.mode = mode
+    with pytest.raises(PluginError, match=message):
+        run(smoke(tmp_path, generator="broken-test"))
+    assert not list(tmp_path.rglob("result.json"))
+
+
+def test_real_plus_augment_arm(tmp_path):
+    result = json.loads(run(smoke(tmp_path, arms="real,real+augment", n_synthetic=40)).read_text())
+    arm = result["arms"]["real+augment"]
+    assert (arm["n_real"], arm["n_synthetic"]) == (120, 40)
+    assert "delta_vs_real" in arm
