@@ -19,6 +19,7 @@ from dermabench.api import (
 )
 from dermabench.errors import DermabenchError, PluginError
 from dermabench.hookspecs import hookimpl
+from dermabench.options import Option, parse_options
 
 __version__ = "0.1.0"
 
@@ -26,6 +27,7 @@ __all__ = [
     "BENIGN",
     "LABEL_NAMES",
     "MALIGNANT",
+    "Option",
     "Captioner",
     "Classifier",
     "Dataset",
@@ -38,5 +40,6 @@ __all__ = [
     "RunContext",
     "Sample",
     "hookimpl",
+    "parse_options",
     "__version__",
 ]

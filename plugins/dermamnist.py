@@ -68,8 +68,7 @@ class DermaMNISTDataset(CheckedDataset):
     description = "DermaMNIST (MedMNIST v2) .npz: HAM10000 at 28-224 px with its official train/val/test split"
 
     option_specs: ClassVar[dict[str, Option]] = {
-        "splits": Option("official splits to load, comma-separated (default train,val,test)", "list",
-                         choices=SPLITS),
+        "splits": Option("list", help="official splits to load (default train,val,test)", choices=SPLITS),
         **DX_OPTIONS,
     }  # fmt: skip
 

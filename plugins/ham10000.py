@@ -59,8 +59,8 @@ class HAM10000Dataset(CheckedDataset):
     description = "HAM10000 dermoscopy (or any HAM-format folder): images + metadata CSV with image_id, dx"
 
     option_specs: ClassVar[dict[str, Option]] = {
-        "csv": Option("metadata CSV with image_id and dx columns (default: the one found in --data-dir)"),
-        "images": Option("folder searched for <image_id>.jpg at any depth (default: --data-dir)"),
+        "csv": Option("str", help="metadata CSV with image_id and dx columns (default: the one found in --data-dir)"),
+        "images": Option("str", help="folder searched for <image_id>.jpg at any depth (default: --data-dir)"),
         **DX_OPTIONS,
     }
 

@@ -55,7 +55,7 @@ class ImageFolderDataset(CheckedDataset):
     description = "your labelled images: benign/ + malignant/ subfolders, or a path,label[,lesion_id] CSV manifest"
 
     option_specs: ClassVar[dict[str, Option]] = {
-        "csv": Option("manifest CSV with columns path,label[,lesion_id] (default: the one found in --data-dir)"),
+        "csv": Option("str", help="manifest CSV with columns path,label[,lesion_id] (default: the one found in --data-dir)"),
     }
 
     def __init__(self, data_dir: str | None = None, **options: Any) -> None:

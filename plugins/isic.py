@@ -117,9 +117,9 @@ class ISICDataset(CheckedDataset):
     description = "ISIC challenge data (2016-2020): ground-truth CSV (one-hot dx or melanoma 0/1) + images"
 
     option_specs: ClassVar[dict[str, Option]] = {
-        "csv": Option("ground-truth CSV (default: the one found in --data-dir)"),
-        "metadata": Option("per-image metadata CSV to join: lesion_id, patient_id, age, sex, site (default: found)"),
-        "images": Option("folder searched for <image>.jpg/.jpeg/.png at any depth (default: --data-dir)"),
+        "csv": Option("str", help="ground-truth CSV (default: the one found in --data-dir)"),
+        "metadata": Option("str", help="per-image metadata CSV to join: lesion_id, patient_id, age, sex, site (default: found)"),
+        "images": Option("str", help="folder searched for <image>.jpg/.jpeg/.png at any depth (default: --data-dir)"),
         **DX_OPTIONS,
     }
 

@@ -61,7 +61,6 @@ not RGB). The decode-time entries are filled while `samples()` is consumed
 from __future__ import annotations
 
 import csv
-import difflib
 import math
 import os
 import warnings
@@ -76,6 +75,7 @@ from PIL import Image
 import dermabench
 from dermabench.api import LABEL_NAMES
 from dermabench.errors import DermabenchError
+from dermabench.options import Option, parse_options
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"})
 KNOWN_DX = ("akiec", "ak", "bcc", "bkl", "df", "mel", "nv", "scc", "vasc")
@@ -99,62 +99,10 @@ FLAG = "--dataset-opt"
 # --------------------------------------------------------------------------- options
 
 
-@dataclass(frozen=True)
-class Option:
-    """One dataset option. kind: "str" (a non-empty string) or "list" (comma-separated words)."""
-
-    help: str
-    kind: str = "str"
-    default: Any = None
-    choices: tuple[str, ...] | None = None
-
-
 DX_OPTIONS = {
-    "malignant": Option("diagnosis codes labelled malignant, comma-separated (default mel,bcc,akiec,ak,scc)", "list"),
-    "benign": Option("diagnosis codes labelled benign, comma-separated (default: every other known code)", "list"),
+    "malignant": Option("list", help="diagnosis codes labelled malignant (default mel,bcc,akiec,ak,scc)"),
+    "benign": Option("list", help="diagnosis codes labelled benign (default: every other known code)"),
 }
-
-
-def parse_options(who: str, options: Mapping[str, Any], specs: Mapping[str, Option]) -> dict[str, Any]:
-    """Validate `options` against `specs`; missing ones take their default.
-
-    Values come as strings from `--dataset-opt k=v` (lists may also come as lists
-    from a config file). Errors name the dataset (`who`) and the option.
-    """
-    resolved: dict[str, Any] = {}
-    for key, value in options.items():
-        if key not in specs:
-            close = difflib.get_close_matches(key, list(specs), n=1)
-            hint = f" Did you mean '{close[0]}'?" if close else ""
-            known = ", ".join(sorted(specs)) or "(none)"
-            raise DermabenchError(f"{who}: unknown option '{key}' ({FLAG} {key}=...). Known options: {known}.{hint}")
-        spec = specs[key]
-        if spec.kind == "list":
-            if isinstance(value, str):
-                items = value.split(",")
-            elif isinstance(value, (list, tuple)) and all(isinstance(item, str) for item in value):
-                items = list(value)
-            else:
-                raise DermabenchError(f"{who}: option '{key}' must be a comma-separated list, got {value!r}")
-            words = tuple(dict.fromkeys(item.strip().lower() for item in items if item.strip()))
-            if not words:
-                raise DermabenchError(f"{who}: option '{key}' must name at least one value ({FLAG} {key}=a,b)")
-            if spec.choices is not None:
-                bad = [word for word in words if word not in spec.choices]
-                if bad:
-                    raise DermabenchError(
-                        f"{who}: option '{key}' has {', '.join(map(repr, bad))}; allowed: {', '.join(spec.choices)}"
-                    )
-            resolved[key] = words
-        else:
-            if not isinstance(value, (str, os.PathLike)) or not str(value).strip():
-                raise DermabenchError(
-                    f"{who}: option '{key}' must be a non-empty string, got {value!r} ({FLAG} {key}=...)"
-                )
-            resolved[key] = str(value).strip()
-    for key, spec in specs.items():
-        resolved.setdefault(key, spec.default)
-    return resolved
 
 
 # --------------------------------------------------------------------------- label mapping
@@ -483,7 +431,7 @@ class CheckedDataset(dermabench.Dataset):
     def __init__(self, data_dir: str | None = None, **options: Any) -> None:
         super().__init__(data_dir=data_dir, **options)
         self.who = f"dataset '{self.name}'"
-        self.config = parse_options(self.who, options, self.option_specs)
+        self.config = parse_options(self.who, options, self.option_specs, FLAG)
         self.report: dict[str, Any] = new_report()
         self.entries: list[Entry] = []
         self.mapping: LabelMap | None = None
