@@ -5,7 +5,6 @@ from, so the measurements are checked against ground truth by rank correlation.
 """
 
 import math
-import time
 
 import numpy as np
 import pytest
@@ -185,15 +184,6 @@ def test_large_images_and_arrays_are_accepted():
     assert measure(np.asarray(small)) == measure(small)
     as_float = measure(np.asarray(small) / 255.0)
     assert as_float.relative_diameter == pytest.approx(measure(small).relative_diameter, abs=0.01)
-
-
-def test_measurement_is_fast_enough():
-    # ~4 ms per 64 px image on a 2-core CPU (~8 ms when it is shared); this guards against gross regressions
-    images = [s.image for s in PhantomDataset(n=60, size=64, seed=3).samples()]
-    start = time.process_time()
-    for image in images:
-        measure(image)
-    assert len(images) / (time.process_time() - start) > 40
 
 
 # ------------------------------------------------------------------ the captioner

@@ -18,8 +18,11 @@ def invoke(*args):
 def test_unknown_generator_is_one_line_with_suggestion_and_exit_2():
     result = invoke("run", "--generator", "augmnt", "--profile", "smoke")
     assert result.exit_code == 2
+    from dermabench import plugins
+
+    known = ", ".join(sorted(plugins.registered("generator")))
     assert result.stderr.strip().splitlines() == [
-        "error: unknown generator 'augmnt'. Known: augment, folder. Did you mean 'augment'?"
+        f"error: unknown generator 'augmnt'. Known: {known}. Did you mean 'augment'?"
     ]
     assert "Traceback" not in result.output
 
