@@ -15,9 +15,18 @@ Everything else is here, identical for every arm and seed:
 * **Data.** Images are converted once to a uint8 tensor N×3×S×S (RGB, resized to
   `context.image_size` when needed); no PIL work per epoch.
 * **Augmentation** on tensors, applied to real and synthetic images alike: random
-  horizontal/vertical flips, 90° rotations and mild brightness/contrast jitter.
+  horizontal/vertical flips, 90° rotations and mild brightness/contrast jitter;
+  optionally (`crop_scale` < 1) a random resized crop keeping between `crop_scale`
+  and all of the image area (aspect 3/4-4/3), resized back to the input size. Off by
+  default: lesion size is a diagnostic cue (the D of ABCD) that zoom crops blur.
 * **Optimisation.** AdamW (no weight decay on biases and norm parameters), linear
   warm-up over the first `warmup` fraction of the steps, then cosine decay to zero.
+  A subclass may split the parameters into groups with their own learning-rate
+  scale (`parameter_groups`: e.g. a fresh head at 10× the pretrained backbone, or
+  layer-wise decay) and keep parts of the network in eval mode while training
+  (`train_mode`: e.g. frozen BatchNorm statistics for a linear probe).
+* **Loss.** Binary cross-entropy on one logit (or cross-entropy on two), with
+  optional label smoothing (`label_smoothing` = ε: targets ε/2 and 1 − ε/2).
 * **Class balance.** Dermatology data is imbalanced (benign lesions dominate), so by
   default (`balance=loss`) each sample's loss is weighted by n / (2 · n_class): both
   classes contribute equally to the gradient. `balance=sampler` instead draws
@@ -49,7 +58,7 @@ Everything else is here, identical for every arm and seed:
 
 Common options (strings from the command line are coerced): `epochs`, `epoch_size`,
 `steps`, `batch_size`, `lr`, `weight_decay`, `warmup`, `patience`, `balance`,
-`augment`, `eval_batch_size`, `amp`. See `TorchImageClassifier.option_specs`.
+`augment`, `crop_scale`, `label_smoothing`, `eval_batch_size`, `amp`. See `TorchImageClassifier.option_specs`.
 """
 
 from __future__ import annotations
@@ -233,6 +242,34 @@ def augment_batch(x: torch.Tensor, generator: torch.Generator, jitter: float = 0
     return (((x - mean) * contrast + mean) * brightness).clamp_(0.0, 1.0)
 
 
+def random_resized_crop(x: torch.Tensor, generator: torch.Generator, min_scale: float,
+                        ratio: tuple[float, float] = (3 / 4, 4 / 3)) -> torch.Tensor:
+    """Per-image random crop of area fraction in [min_scale, 1] and aspect ratio in `ratio`, resized
+    back to the input size (bilinear), like torchvision's RandomResizedCrop but batched on tensors.
+
+    Random numbers come from `generator` (on the CPU), so results do not depend on the device.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    n = x.shape[0]
+    area = min_scale + (1.0 - min_scale) * torch.rand(n, generator=generator, dtype=torch.float64)
+    log_ratio = math.log(ratio[0]) + (math.log(ratio[1]) - math.log(ratio[0])) * torch.rand(
+        n, generator=generator, dtype=torch.float64)
+    aspect = torch.exp(log_ratio)
+    # crop width/height as fractions of the image side; clipped to the image
+    w = torch.sqrt(area * aspect).clamp(max=1.0)
+    h = torch.sqrt(area / aspect).clamp(max=1.0)
+    # centre, in the [-1, 1] coordinates of affine_grid, such that the crop stays inside
+    cx = (1.0 - w) * (torch.rand(n, generator=generator, dtype=torch.float64) * 2 - 1)
+    cy = (1.0 - h) * (torch.rand(n, generator=generator, dtype=torch.float64) * 2 - 1)
+    theta = torch.zeros(n, 2, 3, dtype=torch.float64)
+    theta[:, 0, 0], theta[:, 0, 2] = w, cx
+    theta[:, 1, 1], theta[:, 1, 2] = h, cy
+    grid = F.affine_grid(theta.to(x.device, x.dtype), list(x.shape), align_corners=False)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+
+
 def roc_auc(labels: np.ndarray, scores: np.ndarray) -> float:
     """Area under the ROC curve (Mann-Whitney, ties count half); nan when only one class is present."""
     labels = np.asarray(labels).astype(bool)
@@ -296,6 +333,10 @@ class TorchImageClassifier(dermabench.Classifier):
         "balance": Option("str", "loss", "class balance: loss weights, balanced sampler or none",
                           choices=("loss", "sampler", "none")),
         "augment": Option("bool", True, "flips, 90° rotations, brightness/contrast jitter during training"),
+        "crop_scale": Option("float", 1.0, "random resized crop: smallest kept fraction of the image area "
+                             "(1 = no crop; applied only with augment=true)", min=0, max=1, min_inclusive=False),
+        "label_smoothing": Option("float", 0.0, "label smoothing ε: targets ε/2 and 1 − ε/2", min=0, max=1,
+                                  max_inclusive=False),
         "eval_batch_size": Option("int", 256, "batch size for validation and prediction", min=1),
         "amp": Option("bool", True, "bfloat16 autocast on CUDA (ignored on other devices)"),
     }
@@ -311,6 +352,22 @@ class TorchImageClassifier(dermabench.Classifier):
     def build_model(self, image_size: int) -> torch.nn.Module:
         """A fresh network mapping N×3×S×S normalised floats to N×1 (or N×2) logits."""
         raise NotImplementedError
+
+    def parameter_groups(self, model: torch.nn.Module) -> list[dict[str, Any]]:
+        """AdamW parameter groups: dicts with `params`, `weight_decay` and optionally `lr_scale`
+        (the group's learning rate is `lr` × `lr_scale`; default 1).
+
+        Default: every trainable parameter at `lr`; weight decay on weights, none on
+        biases and norm parameters (ndim ≤ 1).
+        """
+        decay = [p for p in model.parameters() if p.requires_grad and p.ndim > 1]
+        no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim <= 1]
+        return [{"params": decay, "weight_decay": self.config["weight_decay"]},
+                {"params": no_decay, "weight_decay": 0.0}]
+
+    def train_mode(self, model: torch.nn.Module) -> None:
+        """Put the model in training mode before each nominal epoch (override to keep parts in eval mode)."""
+        model.train()
 
     # -- budget ------------------------------------------------------------------
 
@@ -380,12 +437,15 @@ class TorchImageClassifier(dermabench.Classifier):
             model = self.build_model(size).to(device)
             if self.channels_last:
                 model = model.to(memory_format=torch.channels_last)
-            decay = [p for p in model.parameters() if p.requires_grad and p.ndim > 1]
-            no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim <= 1]
-            optimizer = torch.optim.AdamW(
-                [{"params": decay, "weight_decay": cfg["weight_decay"]}, {"params": no_decay, "weight_decay": 0.0}],
-                lr=cfg["lr"],
-            )
+            groups = []
+            for group in self.parameter_groups(model):
+                group = dict(group)
+                group["lr"] = cfg["lr"] * float(group.pop("lr_scale", 1.0))
+                if group["params"]:
+                    groups.append(group)
+            if not groups:
+                raise PluginError(f"{who}: the model has no trainable parameters")
+            optimizer = torch.optim.AdamW(groups, lr=cfg["lr"])
 
             def lr_factor(step: int) -> float:
                 if step < warmup:
@@ -404,18 +464,20 @@ class TorchImageClassifier(dermabench.Classifier):
             self.stopped_early_ = False
             stale, step = 0, 0
             for epoch in context.progress.track(range(1, n_epochs + 1), f"training {self.name}", total=n_epochs):
-                model.train()
+                self.train_mode(model)
                 losses = []
                 for _ in range(min(per_epoch, total - step)):
                     idx = next(batches)
                     x = x_train[idx].to(device, non_blocking=True).float().div_(255.0)
                     if cfg["augment"]:
                         x = augment_batch(x, aug_gen, self.jitter)
+                        if cfg["crop_scale"] < 1.0:
+                            x = random_resized_crop(x, aug_gen, cfg["crop_scale"])
                     x = self._prepare(x, mean, std)
                     y = labels[idx].to(device)
                     with self._autocast(device):
                         logits = model(x)
-                    loss = self._loss(logits, y, loss_w)
+                    loss = self._loss(logits, y, loss_w, cfg["label_smoothing"])
                     step += 1
                     if not torch.isfinite(loss):
                         raise PluginError(
@@ -429,7 +491,7 @@ class TorchImageClassifier(dermabench.Classifier):
                     losses.append(loss.detach())
                 train_loss = float(torch.stack(losses).mean()) if losses else float("nan")
                 record: dict[str, Any] = {"epoch": epoch, "step": step, "train_loss": train_loss,
-                                          "lr": optimizer.param_groups[0]["lr"],
+                                          "lr": cfg["lr"] * lr_factor(step),
                                           "val_auc": float("nan"), "val_loss": float("nan"), "selected": False}
                 if self.selection_metric_ == "none":
                     score = float(step)  # no validation: keep the last state
@@ -495,13 +557,17 @@ class TorchImageClassifier(dermabench.Classifier):
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
 
     @staticmethod
-    def _loss(logits: torch.Tensor, y: torch.Tensor, class_weights: torch.Tensor) -> torch.Tensor:
+    def _loss(logits: torch.Tensor, y: torch.Tensor, class_weights: torch.Tensor,
+              label_smoothing: float = 0.0) -> torch.Tensor:
         import torch.nn.functional as F
 
         if logits.ndim == 2 and logits.shape[1] == 2:
-            per_sample = F.cross_entropy(logits.float(), y, reduction="none")
+            per_sample = F.cross_entropy(logits.float(), y, reduction="none", label_smoothing=label_smoothing)
         else:
-            per_sample = F.binary_cross_entropy_with_logits(logits.float().reshape(-1), y.float(), reduction="none")
+            target = y.float()
+            if label_smoothing:
+                target = target * (1.0 - label_smoothing) + 0.5 * label_smoothing
+            per_sample = F.binary_cross_entropy_with_logits(logits.float().reshape(-1), target, reduction="none")
         return (per_sample * class_weights[y]).mean()
 
     def _predict_tensor(self, model, x_uint8, device, mean, std) -> np.ndarray:

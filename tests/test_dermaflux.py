@@ -1,0 +1,392 @@
+"""The `dermaflux` generator (FLUX + LoRA) on tiny FLUX models built offline, and the shared training loop."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import dermabench
+from dermabench.errors import DermabenchError, PluginError
+from dermabench_plugins import dermaflux
+from dermabench_plugins.dermaflux import LORA_FILE, DermaFluxGenerator, FluxDenoiser
+from dermabench_plugins.diffusion_training import (
+    DDPMObjective,
+    RectifiedFlow,
+    TimestepSampler,
+    TrainConfig,
+    TrainingSet,
+    latest_checkpoint,
+    train,
+)
+from dermabench_plugins.flux_tiny import PRESETS, build_tiny_flux, word_tokenizer
+
+SIZE = 32
+#: the `micro` preset trains a LoRA / full model in well under a second per few steps
+MICRO = dict(model="micro", steps="3", batch_size="8", checkpoint_every="0")
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """The micro models are overhead-bound: one thread is as fast on an idle CPU and far faster on a shared one
+    (two OpenMP threads spin-waiting for each other on a busy 2-core machine run ~10x slower)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def ctx(tmp_path: Path, **kw) -> dermabench.RunContext:
+    return dermabench.RunContext(seed=0, image_size=SIZE, work_dir=tmp_path, profile="smoke", **kw)
+
+
+def lesion(label: int, i: int) -> Image.Image:
+    """A skin-coloured square with a dark disc; malignant discs are bigger and bluer."""
+    yy, xx = np.mgrid[:SIZE, :SIZE]
+    r = 6 + 5 * label + (i % 3)
+    disc = (yy - SIZE / 2 - i % 4) ** 2 + (xx - SIZE / 2) ** 2 < r * r
+    img = np.empty((SIZE, SIZE, 3), np.uint8)
+    img[:] = (220, 180, 160)
+    img[disc] = (90, 60, 40) if label == 0 else (60, 50, 90)
+    return Image.fromarray(img)
+
+
+@pytest.fixture(scope="module")
+def pool():
+    return [
+        dermabench.Sample(
+            lesion(label, i),
+            label,
+            caption=f"This photo depicts a {dermabench.LABEL_NAMES[label]} lesion. diameter about {4 + i} mm.",
+        )
+        for i in range(6)
+        for label in (0, 1)
+    ]
+
+
+def prompts(n=4, seed0=1000):
+    return [
+        dermabench.Prompt(f"This photo depicts a {dermabench.LABEL_NAMES[i % 2]} lesion.", i % 2, seed0 + i)
+        for i in range(n)
+    ]
+
+
+def arrays(images):
+    return np.stack([np.asarray(im) for im in images]).astype(int)
+
+
+# --------------------------------------------------------------------------- plugin basics
+
+
+def test_registered_and_options_validated():
+    found = []
+    dermaflux.register_generators(register=found.append)
+    assert found == [DermaFluxGenerator] and DermaFluxGenerator.name == "dermaflux"
+    with pytest.raises(DermabenchError, match="unknown option 'stepz'.*Did you mean 'steps'"):
+        DermaFluxGenerator(stepz=3)
+    with pytest.raises(DermabenchError, match="offload"):
+        DermaFluxGenerator(offload="sideways")
+    gen = DermaFluxGenerator(steps="7", lora_scale="0.5", vae_tiling="true")
+    assert gen.config["steps"] == 7 and gen.config["lora_scale"] == 0.5 and gen.config["vae_tiling"] is True
+    assert gen.train_mode == "full"  # tiny models train from scratch by default
+
+
+def test_one_rgb_image_per_prompt_of_the_run_size(tmp_path):
+    gen = DermaFluxGenerator(train="none", **MICRO)
+    out = gen.generate(prompts(5), ctx(tmp_path))
+    assert len(out) == 5
+    assert all(isinstance(im, Image.Image) and im.mode == "RGB" and im.size == (SIZE, SIZE) for im in out)
+    assert gen.generate([], ctx(tmp_path)) == []
+    wide = DermaFluxGenerator(train="none", height="16", width="24", **MICRO).generate(prompts(1), ctx(tmp_path))
+    assert wide[0].size == (24, 16)
+
+
+def test_generation_is_deterministic_per_seed_and_batch_independent(tmp_path):
+    ps = prompts(6)
+    a = arrays(DermaFluxGenerator(train="none", **{**MICRO, "batch_size": "6"}).generate(ps, ctx(tmp_path)))
+    b = arrays(DermaFluxGenerator(train="none", **{**MICRO, "batch_size": "1"}).generate(ps, ctx(tmp_path)))
+    c = arrays(DermaFluxGenerator(train="none", **{**MICRO, "batch_size": "4"}).generate(ps[::-1], ctx(tmp_path)))
+    assert np.abs(a - b).max() <= 1 and np.abs(a - c[::-1]).max() <= 1  # float rounding at most one grey level
+    assert np.mean(a != b) < 0.01
+    other = arrays(DermaFluxGenerator(train="none", **MICRO).generate(prompts(6, seed0=5), ctx(tmp_path)))
+    assert np.abs(a - other).mean() > 5  # another seed, another image
+
+
+def test_generate_before_fit_is_an_error_when_training_is_expected(tmp_path):
+    with pytest.raises(PluginError, match="before fit"):
+        DermaFluxGenerator(**MICRO).generate(prompts(1), ctx(tmp_path))
+
+
+# --------------------------------------------------------------------------- loading full-size models
+
+
+def test_missing_offline_model_fails_fast_with_a_clear_error(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-cache"))
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(tmp_path / "empty-cache"))
+    with pytest.raises(DermabenchError, match="black-forest-labs/FLUX.1-dev.*not in the Hugging Face cache"):
+        DermaFluxGenerator(model="black-forest-labs/FLUX.1-dev")
+    with pytest.raises(DermabenchError, match="model folder not found: .*no/such/flux"):
+        DermaFluxGenerator(model=str(tmp_path / "no" / "such" / "flux"))
+    (tmp_path / "not-flux").mkdir()
+    with pytest.raises(DermabenchError, match="no model_index.json"):
+        DermaFluxGenerator(model=str(tmp_path / "not-flux"))
+    with pytest.raises(DermabenchError, match="LoRA file not found"):
+        DermaFluxGenerator(lora=str(tmp_path / "missing.safetensors"))
+    (tmp_path / "lora.bin").write_bytes(b"x")
+    with pytest.raises(DermabenchError, match="only as .safetensors"):
+        DermaFluxGenerator(lora=str(tmp_path / "lora.bin"))
+
+
+def test_a_saved_tiny_pipeline_loads_as_a_flux_folder(tmp_path):
+    pipe = build_tiny_flux(PRESETS["micro"], seed=3)
+    pipe.save_pretrained(tmp_path / "flux")
+    opts = dict(steps="3", height=str(SIZE), width=str(SIZE), batch_size="4")
+    gen = DermaFluxGenerator(model=str(tmp_path / "flux"), train="none", **opts)
+    assert gen.model_identity()["model"] == str(tmp_path / "flux")
+    out = gen.generate(prompts(2), ctx(tmp_path))
+    assert [im.size for im in out] == [(SIZE, SIZE)] * 2
+    key = gen.cache_key()
+    assert key["model"]["files"] and key["lora"] is None and key["options"]["steps"] == 3
+
+
+# --------------------------------------------------------------------------- LoRA
+
+
+def fit_lora(tmp_path, pool, **extra):
+    gen = DermaFluxGenerator(train="lora", rank="4", alpha="8", train_steps="4", train_batch_size="4", lr="1e-2",
+                             **MICRO, **extra)
+    gen.fit(pool, ctx(tmp_path))
+    return gen
+
+
+def test_lora_fit_save_and_load_round_trip_reproduces_images(tmp_path, pool):
+    gen = fit_lora(tmp_path / "work", pool)
+    ps = prompts(4)
+    trained = arrays(gen.generate(ps, ctx(tmp_path / "work")))
+    saved = next((tmp_path / "work" / "fits").glob("*/final")) / LORA_FILE
+    assert saved.is_file()
+    from safetensors.torch import load_file
+
+    keys = list(load_file(str(saved)))
+    assert keys and all(k.startswith("transformer.") and "lora_" in k for k in keys)
+    # the base alone gives other images: the LoRA changed something
+    base = arrays(DermaFluxGenerator(train="none", **MICRO).generate(ps, ctx(tmp_path / "base")))
+    assert np.abs(base - trained).mean() > 1
+    # a fresh generator loading the saved file (train=none) reproduces the images exactly
+    assert (saved.parent / "vae.safetensors").is_file()  # tiny: the DCT's train-pool standardisation
+    loaded = DermaFluxGenerator(train="none", lora=str(saved), **MICRO)
+    loaded.fit(pool, ctx(tmp_path / "other"))
+    assert np.array_equal(arrays(loaded.generate(ps, ctx(tmp_path / "other"))), trained)
+    # and a second fit with the same pool and options reuses the saved weights
+    again = fit_lora(tmp_path / "work", pool)
+    assert again.last_fit["reused"] is True
+    assert np.array_equal(arrays(again.generate(ps, ctx(tmp_path / "work"))), trained)
+
+
+def kohya_lora(transformer, rank=4, seed=0) -> dict[str, torch.Tensor]:
+    """A kohya sd-scripts FLUX LoRA for this transformer (the released DermaFlux LoRA's key style)."""
+    g = torch.Generator().manual_seed(seed)
+    dim = transformer.inner_dim
+    mlp = transformer.transformer_blocks[0].ff.net[0].proj.out_features
+    shapes = {  # kohya module -> (in, out)
+        "double_blocks_0_img_attn_qkv": (dim, 3 * dim),
+        "double_blocks_0_img_attn_proj": (dim, dim),
+        "double_blocks_0_img_mlp_0": (dim, mlp),
+        "double_blocks_0_img_mlp_2": (mlp, dim),
+        "double_blocks_0_txt_attn_qkv": (dim, 3 * dim),
+        "double_blocks_0_txt_attn_proj": (dim, dim),
+        # single_blocks linear1 is left out: diffusers splits it with FLUX.1's fixed sizes (3072, 12288)
+        "single_blocks_0_linear2": (dim + transformer.single_transformer_blocks[0].mlp_hidden_dim, dim),
+    }
+    sd = {}
+    for name, (n_in, n_out) in shapes.items():
+        sd[f"lora_unet_{name}.lora_down.weight"] = torch.randn(rank, n_in, generator=g) * 0.3
+        sd[f"lora_unet_{name}.lora_up.weight"] = torch.randn(n_out, rank, generator=g) * 0.3
+        sd[f"lora_unet_{name}.alpha"] = torch.tensor(float(rank))
+    return sd
+
+
+def test_kohya_format_lora_loads_and_changes_the_output(tmp_path):
+    from safetensors.torch import save_file
+
+    base_gen = DermaFluxGenerator(train="none", **MICRO)
+    ps = prompts(3)
+    base = arrays(base_gen.generate(ps, ctx(tmp_path)))
+    path = tmp_path / "flux_lora_kohya.safetensors"
+    save_file(kohya_lora(base_gen.pipe.transformer), str(path))
+    gen = DermaFluxGenerator(lora=str(path), **MICRO)
+    assert gen.train_mode == "none"  # a given LoRA is used as is
+    gen.fit([], ctx(tmp_path))
+    lora_images = arrays(gen.generate(ps, ctx(tmp_path)))
+    assert np.abs(lora_images - base).mean() > 1
+    # every kohya module became a peft LoRA layer (q/k/v split out of qkv)
+    names = {n for n, _ in gen.pipe.transformer.named_modules() if n.endswith("lora_A.dermaflux")}
+    assert "transformer_blocks.0.attn.to_q.lora_A.dermaflux" in names
+    assert "transformer_blocks.0.attn.add_v_proj.lora_A.dermaflux" in names
+    assert "single_transformer_blocks.0.proj_out.lora_A.dermaflux" in names
+    # lora_scale=0 switches it off again
+    off = DermaFluxGenerator(lora=str(path), lora_scale="0", **MICRO)
+    off.fit([], ctx(tmp_path))
+    assert np.array_equal(arrays(off.generate(ps, ctx(tmp_path))), base)
+    # the LoRA file is part of the image-cache key
+    assert gen.cache_key()["lora"] != DermaFluxGenerator(**MICRO).cache_key()["lora"]
+    with pytest.raises(DermabenchError, match="train=none"):
+        DermaFluxGenerator(lora=str(path), train="lora", **MICRO)
+
+
+# --------------------------------------------------------------------------- the training loop
+
+
+def micro_training_set(pipe, n=4):
+    x = torch.stack([torch.from_numpy(np.array(lesion(i % 2, i))).permute(2, 0, 1) for i in range(n)])
+    latents = pipe.vae.encode(x.float() / 127.5 - 1).latent_dist.mode()
+    with torch.no_grad():
+        pe, pooled, _ = pipe.encode_prompt(prompt=[f"a {'benign' if i % 2 == 0 else 'malignant'} lesion" for i in range(n)],
+                                           prompt_2=None, max_sequence_length=16)
+    return TrainingSet(latents * 2, {"prompt_embeds": pe, "pooled": pooled})
+
+
+def eval_loss(denoiser, data, objective, seed=123):
+    g = torch.Generator().manual_seed(seed)
+    x0 = data.latents
+    t = torch.linspace(0.1, 0.9, len(x0))
+    noise = torch.randn(x0.shape, generator=g)
+    with torch.no_grad():
+        pred = denoiser.predict(denoiser.module, objective.noisy_input(x0, noise, t), objective.model_time(t),
+                                data.conditioning)
+    return float(((pred - objective.target(x0, noise, t)) ** 2).mean())
+
+
+def test_flow_matching_fit_lowers_the_loss_on_a_fixed_batch():
+    pipe = build_tiny_flux(PRESETS["micro"], seed=0)
+    data = micro_training_set(pipe)
+    tr = pipe.transformer.requires_grad_(True)
+    denoiser = FluxDenoiser(tr, SIZE, SIZE, pipe.vae_scale_factor, guidance=3.5)
+    objective = RectifiedFlow(TimestepSampler("logit_normal"))
+    before = eval_loss(denoiser, data, objective)
+    result = train(denoiser, data, objective, TrainConfig(steps=60, batch_size=4, lr=3e-3, flip=False,
+                                                          checkpoint_every=0))
+    after = eval_loss(denoiser.__class__(tr.eval(), SIZE, SIZE, pipe.vae_scale_factor, 3.5), data, objective)
+    assert result.finished and len(result.losses) == 60
+    assert after < 0.6 * before, (before, after)
+    assert np.mean(result.losses[-10:]) < np.mean(result.losses[:10])
+
+
+def test_objectives():
+    x0, noise = torch.ones(2, 3, 4, 4), torch.full((2, 3, 4, 4), -2.0)
+    rf = RectifiedFlow()
+    t = torch.tensor([0.0, 1.0])
+    xt = rf.noisy_input(x0, noise, t)
+    assert torch.equal(xt[0], x0[0]) and torch.equal(xt[1], noise[1])
+    assert torch.equal(rf.target(x0, noise, t), noise - x0)
+    s = TimestepSampler("logit_normal").sample(4000, torch.Generator().manual_seed(0))
+    assert 0 < s.min() and s.max() < 1 and abs(float(s.mean()) - 0.5) < 0.02 and float(s.std()) < 0.25
+    from diffusers import DDPMScheduler
+
+    ddpm = DDPMObjective(DDPMScheduler().alphas_cumprod, "v_prediction")
+    assert ddpm.model_time(torch.tensor([0.0, 0.9999])).tolist() == [0, 999]
+    xt = ddpm.noisy_input(x0, noise, torch.tensor([0.0, 0.0]))
+    assert torch.allclose(xt, x0, atol=0.05)
+
+
+def test_resume_from_a_checkpoint_continues_at_the_saved_step(tmp_path, pool):
+    opts = dict(train_steps="6", train_batch_size="4", checkpoint_every="2", model="micro", steps="3")
+    killed = DermaFluxGenerator(**opts)
+    killed.stop_after = 3  # "killed" after step 3: checkpoints at 2 and 3 (the stop), no final weights
+    killed.fit(pool, ctx(tmp_path / "a"))
+    assert killed.last_fit == {"step": 3, "finished": False, "resumed_from": None}
+    ckpt_dir = next((tmp_path / "a" / "fits").glob("*/checkpoints"))
+    step, path = latest_checkpoint(ckpt_dir)
+    assert step == 3 and (path / "optimizer.safetensors").is_file() and (path / "trainable.safetensors").is_file()
+    with pytest.raises(PluginError, match="before fit"):
+        killed.generate(prompts(1), ctx(tmp_path / "a"))
+
+    resumed = DermaFluxGenerator(**opts)
+    resumed.fit(pool, ctx(tmp_path / "a"))
+    assert resumed.last_fit["resumed_from"] == 3 and resumed.last_fit["steps"] == 6
+    assert not ckpt_dir.exists()  # cleaned up once the final weights are saved
+
+    straight = DermaFluxGenerator(**opts)
+    straight.fit(pool, ctx(tmp_path / "b"))
+    assert straight.last_fit["resumed_from"] is None
+    ps = prompts(3)
+    a = arrays(resumed.generate(ps, ctx(tmp_path / "a")))
+    b = arrays(straight.generate(ps, ctx(tmp_path / "b")))
+    assert np.abs(a - b).max() <= 1  # the same run, interrupted or not
+
+
+def test_full_fit_is_cached_by_train_pool_and_options(tmp_path, pool):
+    opts = dict(train_steps="3", train_batch_size="4", **MICRO)
+    first = DermaFluxGenerator(**opts)
+    first.fit(pool, ctx(tmp_path))
+    assert first.last_fit["reused"] is False and first.last_fit["steps"] == 3
+    final = next((tmp_path / "fits").glob("*/final"))
+    assert (final / "model_index.json").is_file()  # the trained tiny model is an ordinary FLUX folder
+    again = DermaFluxGenerator(**opts)
+    again.fit(pool, ctx(tmp_path))
+    assert again.last_fit["reused"] is True
+    ps = prompts(2)
+    assert np.array_equal(arrays(first.generate(ps, ctx(tmp_path))), arrays(again.generate(ps, ctx(tmp_path))))
+    other_pool = DermaFluxGenerator(**opts)
+    other_pool.fit(pool[:-1], ctx(tmp_path))
+    other_lr = DermaFluxGenerator(lr="5e-4", **opts)
+    other_lr.fit(pool, ctx(tmp_path))
+    assert other_pool.last_fit["reused"] is False and other_lr.last_fit["reused"] is False
+    assert len(list((tmp_path / "fits").glob("*/final"))) == 3
+    assert DermaFluxGenerator(**opts).cache_key() != DermaFluxGenerator(**{**opts, "steps": "4"}).cache_key()
+
+
+def test_word_tokenizer_keeps_captions_short_and_round_trips(tmp_path):
+    tok = word_tokenizer(48)
+    caption = ("This photo depicts a malignant lesion. Here's a description of the mole: asymmetric shape, "
+               "colours light brown, dark brown, blue-grey, structures dots/globules, diameter about 11 mm.")
+    tokens = tok.convert_ids_to_tokens(tok(caption)["input_ids"])
+    assert tokens[:4] == ["photo", "depicts", "malignant", "lesion"] and tokens[-1] == "</s>"
+    assert "<unk>" not in tokens and "blue" in tokens and "11" in tokens and len(tokens) < 25
+    tok.save_pretrained(tmp_path)
+    from transformers import AutoTokenizer
+
+    assert AutoTokenizer.from_pretrained(tmp_path)(caption)["input_ids"] == tok(caption)["input_ids"]
+
+
+def test_dev_style_guidance_embedding_is_fed_in_training_and_sampling():
+    from dermabench_plugins.flux_tiny import spec_from
+
+    pipe = build_tiny_flux(spec_from("micro", guidance_embeds=True), seed=0)
+    data = micro_training_set(pipe, n=2)
+    x_t = data.latents
+    t = torch.tensor([0.5, 0.5])
+    low = FluxDenoiser(pipe.transformer, SIZE, SIZE, pipe.vae_scale_factor, guidance=1.0)
+    high = FluxDenoiser(pipe.transformer, SIZE, SIZE, pipe.vae_scale_factor, guidance=3.5)
+    with torch.no_grad():
+        a = low.predict(pipe.transformer, x_t, t, data.conditioning)
+        b = high.predict(pipe.transformer, x_t, t, data.conditioning)
+    assert a.shape == x_t.shape and not torch.allclose(a, b)
+    pipe.transformer.requires_grad_(True)
+    result = train(high, data, RectifiedFlow(), TrainConfig(steps=3, batch_size=2, checkpoint_every=0))
+    assert result.finished and all(np.isfinite(result.losses))
+
+
+def test_dct_latents_reconstruct_and_flip_as_images():
+    from dermabench_plugins.flux_tiny import DCTVAE
+
+    vae = DCTVAE(downscale=4, luma_coefficients=64, chroma_coefficients=64)  # every frequency: lossless
+    x = torch.rand(8, 3, 16, 16) * 2 - 1
+    assert torch.allclose(vae.decode(vae.encode(x).latent_dist.mode()).sample, x, atol=1e-5)
+    vae = DCTVAE()  # the tiny model's 32 + 8 + 8 of 64 frequencies
+    smooth = torch.nn.functional.interpolate(torch.rand(8, 3, 4, 4) * 1.6 - 0.8, size=16, mode="bilinear")
+    vae.fit_normalization(smooth)
+    z = vae.encode(smooth).latent_dist.mode()
+    assert z.shape == (8, 12, 4, 4) and abs(float(z.mean())) < 0.05 and abs(float(z.std()) - 1) < 0.1
+    assert float(z[:, 0].std()) > 2 * float(z[:, -1].std())  # one common scale: low frequencies stay strong
+    recon = vae.decode(z).sample
+    assert float((recon - smooth).abs().mean()) < 0.05  # smooth images survive the low-pass
+    out = vae.decode(vae.augment(z, torch.Generator().manual_seed(0))).sample
+    for original, flipped in zip(recon, out):
+        variants = [torch.rot90(v, k, dims=(1, 2)) for v in (original, original.flip(2)) for k in range(4)]
+        assert min(float((flipped - v).abs().max()) for v in variants) < 1e-4
+    assert not torch.allclose(out, recon)
