@@ -174,6 +174,8 @@ class DermaFluxGenerator(dermabench.Generator):
         "steps": Option("int", None, "denoising steps (default 28 for guidance-distilled models, 4 otherwise; "
                         "tiny: 12)", min=1, optional=True),
         "guidance": Option("float", 3.5, "embedded guidance of FLUX.1-dev (ignored by models without it)", min=0),
+        "shift": Option("float", None, "sampling timestep shift (default: the model's scheduler, FLUX's "
+                        "resolution-dependent shift)", min=0, min_inclusive=False, optional=True),
         "cfg": Option("float", 1.0, "true classifier-free guidance scale against an empty caption (1 = off)",
                       min=1),
         "height": Option("int", None, "image height (default: the run's image size for tiny models, 1024 "
@@ -481,6 +483,12 @@ class DermaFluxGenerator(dermabench.Generator):
             with state.split_between_processes(mine) as share:
                 mine = list(share)
         own = [prompts[i] for i in mine]
+        if opts["shift"] is not None:
+            from diffusers import FlowMatchEulerDiscreteScheduler
+
+            pipe.scheduler = FlowMatchEulerDiscreteScheduler.from_config(
+                pipe.scheduler.config, use_dynamic_shifting=False, shift=opts["shift"]
+            )
         embeds = self._encode_prompts([p.text for p in own], opts)
         negative = self._encode_prompts([""], opts) if opts["cfg"] > 1 else None
         arrays: list[np.ndarray] = []
@@ -548,8 +556,9 @@ class DermaFluxGenerator(dermabench.Generator):
             image = sample.image if sample.image.mode == "RGB" else sample.image.convert("RGB")
             digest.update(f"{sample.label}\t{sample.caption}\t{image.size}\n".encode())
             digest.update(image.tobytes())
-        fit_opts = {k: v for k, v in opts.items() if k not in ("steps", "cfg", "batch_size", "offload", "vae_tiling",
-                                                               "vae_slicing", "lora_scale", "checkpoint_every")}
+        sampling = ("steps", "shift", "cfg", "batch_size", "offload", "vae_tiling", "vae_slicing", "lora_scale",
+                    "checkpoint_every")
+        fit_opts = {k: v for k, v in opts.items() if k not in sampling}
         return _json_hash(
             {
                 "algorithm": ALGORITHM_VERSION,

@@ -184,6 +184,7 @@ class DCTVAE(ModelMixin, ConfigMixin):
         shift_factor: float = 0.0,
         latent_channels: int | None = None,
         block_out_channels: tuple[int, ...] | None = None,
+        deblock: float = 0.0,
     ) -> None:
         super().__init__()
         if downscale < 1 or downscale & (downscale - 1):
@@ -258,8 +259,31 @@ class DCTVAE(ModelMixin, ConfigMixin):
         latent = self._to_latent(self._coefficients(x))
         return _EncoderOutput(latent) if return_dict else (_PixelLatent(latent),)
 
+    def _deblock(self, image: torch.Tensor, strength: float) -> torch.Tensor:
+        """JPEG-style deblocking: blend the two pixels on each side of a block edge towards their 1-D
+        neighbourhood mean ([1, 2, 1] / 4 across the edge), by `strength` in [0, 1]."""
+        n = self.block
+        out = image
+        for dim in (3, 2):  # across vertical edges (columns), then horizontal ones (rows)
+            size = out.shape[dim]
+            pos = torch.arange(size, device=out.device) % n
+            edge = ((pos == 0) | (pos == n - 1)).to(out.dtype) * strength
+            edge[0] = edge[-1] = 0.0  # the image border is no block edge
+            pad = torch.nn.functional.pad(out, (1, 1, 0, 0) if dim == 3 else (0, 0, 1, 1), mode="replicate")
+            left = pad.narrow(dim, 0, size)
+            right = pad.narrow(dim, 2, size)
+            smooth = (left + 2 * out + right) / 4
+            shape = [1, 1, 1, 1]
+            shape[dim] = size
+            w = edge.reshape(shape)
+            out = out * (1 - w) + smooth * w
+        return out
+
     def decode(self, z: torch.Tensor, return_dict: bool = True, generator=None):
-        image = self._image(self._from_latent(z)).clamp(-1.0, 1.0)
+        image = self._image(self._from_latent(z))
+        if self.config.deblock > 0:
+            image = self._deblock(image, float(self.config.deblock))
+        image = image.clamp(-1.0, 1.0)
         return DecoderOutput(sample=image) if return_dict else (image,)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
