@@ -61,7 +61,6 @@ from dermabench_plugins.tabular_images import (
     read_table,
     require_data_dir,
     resolve_under,
-    scan,
 )
 
 ID_COLUMNS = ("image", "image_id", "image_name", "isic_id")
@@ -126,15 +125,7 @@ class ISICDataset(CheckedDataset):
     def __init__(self, data_dir: str | None = None, **options: Any) -> None:
         super().__init__(data_dir=data_dir, **options)
         root = require_data_dir(self.who, data_dir, "the folder with the images and the ground-truth CSV")
-        image_root = root
-        if self.config["images"] is not None:
-            image_root = resolve_under(root, self.config["images"])
-            if not image_root.is_dir():
-                raise DermabenchError(f"{self.who}: option 'images': {image_root} is not a directory")
-            image_root = image_root.resolve()
-        same = image_root == root
-        tree = scan(root, images=same)
-        images = tree.images if same else scan(image_root, csv_depth=0).images
+        image_root, tree, images = self.locate_images(root)
         gt_path = find_csv(
             self.who, root, self.config["csv"], tree.csvs, accept=looks_like_ground_truth,
             need="an image column and one-hot diagnosis columns (MEL, NV, ...) or a melanoma/target column",

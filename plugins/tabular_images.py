@@ -443,6 +443,18 @@ class CheckedDataset(dermabench.Dataset):
         self.report["mapping"] = self.mapping.to_dict()
         return self.mapping
 
+    def locate_images(self, root: Path) -> tuple[Path, Any, Any]:
+        """(image folder, scan of `root`, images found): the `images` option's folder, else `root`."""
+        image_root = root
+        if self.config.get("images") is not None:
+            image_root = resolve_under(root, self.config["images"])
+            if not image_root.is_dir():
+                raise DermabenchError(f"{self.who}: option 'images': {image_root} is not a directory")
+            image_root = image_root.resolve()
+        same = image_root == root
+        tree = scan(root, images=same)
+        return image_root, tree, tree.images if same else scan(image_root, csv_depth=0).images
+
     def plan(self, records: Iterable[Record], index: ImageIndex, image_root: Path) -> None:
         """Match rows to image files, apply the label mapping, and fill the metadata part of the report."""
         mapping = self.mapping
