@@ -51,7 +51,7 @@ __all__ = [
 ]
 
 #: bump when what `build_tiny_flux` makes for a given spec and seed changes (it keys cached weights and images)
-TINY_VERSION = "1"
+TINY_VERSION = "2"
 
 #: words of the `template` and `abcd` captions (and common dermatology terms): one T5 token each
 CAPTION_WORDS = tuple(
@@ -163,7 +163,8 @@ class DCTVAE(ModelMixin, ConfigMixin):
     lowest frequencies of each block (centred and scaled with the `mean`/`std` buffers, set from the
     train pool by `fit_normalization`) → arranged as `latent_channels` × 2 × 2 latent cells per block,
     so that FluxPipeline's 2×2 packing makes exactly one token per block. decode: the inverse
-    (dropped frequencies are 0), clamped to [-1, 1]. Nothing is learned.
+    (dropped frequencies are 0), optionally `deblock`ed (the two pixels at each block edge are blended
+    towards a [1, 2, 1] smoothing, as JPEG decoders do), clamped to [-1, 1]. Nothing is learned.
 
     Why: a token of raw pixels (8×8×3 = 192 values) is wider than a small transformer's hidden
     state, so it cannot even pass the noise through and its velocity predictions stay noisy (seen:
@@ -317,6 +318,7 @@ class TinyFluxSpec:
     downscale: int = 4  # latent cells are downscale px; a token (2×2 cells) is one 2·downscale px DCT block
     luma_coefficients: int = 32  # of 64 per 8×8 block
     chroma_coefficients: int = 8  # per chroma channel
+    deblock: float = 0.5  # decoder smoothing across block edges (0 = exact inverse DCT)
     num_layers: int = 2  # double-stream (MMDiT) blocks
     num_single_layers: int = 4  # single-stream blocks
     num_attention_heads: int = 4
@@ -436,7 +438,7 @@ def build_tiny_flux(spec: TinyFluxSpec | None = None, seed: int = 0) -> FluxPipe
                 eos_token_id=tok_t5.eos_token_id,
             )
         )
-    vae = DCTVAE(spec.downscale, spec.luma_coefficients, spec.chroma_coefficients)
+    vae = DCTVAE(spec.downscale, spec.luma_coefficients, spec.chroma_coefficients, deblock=spec.deblock)
     pipe = FluxPipeline(
         scheduler=_flux_scheduler(),
         vae=vae,
