@@ -37,18 +37,18 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
+import numpy as np
+import torch
+from dermabench_plugins.dermaflux import DermaFluxGenerator
+from dermabench_plugins.efficientnet_lite0 import EfficientNetLite0
+from dermabench_plugins.phantom import PhantomDataset
+from dermabench_plugins.template_captioner import TemplateCaptioner
 
-import dermabench  # noqa: E402
-from dermabench.grids import save_grid  # noqa: E402
-from dermabench.metrics.fidelity import fid_from_statistics, fid_statistics, fidelity_metrics  # noqa: E402
-from dermabench.prompts import make_prompts  # noqa: E402
-from dermabench.splits import grouped_split  # noqa: E402
-from dermabench_plugins.dermaflux import DermaFluxGenerator  # noqa: E402
-from dermabench_plugins.efficientnet_lite0 import EfficientNetLite0  # noqa: E402
-from dermabench_plugins.phantom import PhantomDataset  # noqa: E402
-from dermabench_plugins.template_captioner import TemplateCaptioner  # noqa: E402
+import dermabench
+from dermabench.grids import save_grid
+from dermabench.metrics.fidelity import fid_from_statistics, fid_statistics, fidelity_metrics
+from dermabench.prompts import make_prompts
+from dermabench.splits import grouped_split
 
 
 def parse_variant(text: str) -> dict[str, str]:
@@ -105,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     floor_idx = np.sort(rng.choice(len(train), size=min(args.n, len(train)), replace=False))
     floor = {
         "fid": fid_from_statistics(*fid_statistics(f_train[floor_idx]), *test_stats),
-        "n_real_train": int(len(floor_idx)),
+        "n_real_train": len(floor_idx),
         "probe_auc_real_test": auc(y_test, probe.predict_proba(f_test)[:, 1]),
         **{
             f"fid_{name}": fid_from_statistics(

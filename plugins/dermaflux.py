@@ -53,6 +53,7 @@ Options (``--generator-opt key=value``; see `DermaFluxGenerator.option_specs`).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -66,14 +67,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
+from dermabench_plugins.image_classifier import Option, parse_options
 from PIL import Image
-
-import contextlib
 
 import dermabench
 from dermabench.errors import DermabenchError, PluginError
 from dermabench.seeding import derive_seed
-from dermabench_plugins.image_classifier import Option, parse_options
 
 if TYPE_CHECKING:  # torch and diffusers are imported when a model is needed (listing plugins stays fast)
     import torch
@@ -100,9 +99,9 @@ LORA_LAYERS = {
 
 #: tiny-model training defaults per profile (full-parameter, from scratch); see the module docstring
 TINY_TRAIN_DEFAULTS = {
-    "smoke": {"train_steps": 40, "train_batch_size": 16},
-    "quick": {"train_steps": 900, "train_batch_size": 32},
-    "paper": {"train_steps": 4000, "train_batch_size": 64},
+    "smoke": {"train_steps": 30, "train_batch_size": 16},
+    "quick": {"train_steps": 1000, "train_batch_size": 16},
+    "paper": {"train_steps": 4000, "train_batch_size": 32},
 }
 
 log = logging.getLogger("dermabench.dermaflux")
@@ -182,7 +181,7 @@ class DermaFluxGenerator(dermabench.Generator):
         "width": Option("int", None, "image width (see height)", min=16, optional=True),
         "batch_size": Option("int", None, "images per denoising batch (default 64 tiny, 4 otherwise)", min=1,
                              optional=True),
-        "max_sequence_length": Option("int", None, "T5 tokens (default 512; tiny: 48)", min=8,
+        "max_sequence_length": Option("int", None, "T5 tokens (default 512; tiny: 16)", min=8,
                                       max=512, optional=True),
         # fitting
         "train": Option("str", "auto", "what fit trains: auto (tiny: full; a LoRA given: none; else lora)",
@@ -212,7 +211,8 @@ class DermaFluxGenerator(dermabench.Generator):
         "ema": Option("float", 0.0, "EMA decay of the trained weights (0 = off)", min=0, max=1,
                       max_inclusive=False),
         "checkpoint_every": Option("int", 250, "save a resumable checkpoint every N steps (0 = never)", min=0),
-        "gradient_checkpointing": Option("bool", False, "trade compute for memory (full-size models)"),
+        "gradient_checkpointing": Option("bool", None, "trade compute for memory (default: on for full-size "
+                                         "models, off for tiny)", optional=True),
     }
 
     def __init__(self, **options: Any) -> None:
@@ -305,6 +305,8 @@ class DermaFluxGenerator(dermabench.Generator):
             c["warmup"] = max(1, c["train_steps"] // 20) if full else 0
         if c["lr_schedule"] is None:
             c["lr_schedule"] = "cosine" if full else "constant"
+        if c["gradient_checkpointing"] is None:
+            c["gradient_checkpointing"] = not tiny
         c["train"] = mode
         return c
 
@@ -363,6 +365,8 @@ class DermaFluxGenerator(dermabench.Generator):
         import torch
 
         device, dtype = self._device_dtype(context)
+        if self.config["offload"] != "none" and not device.startswith("cuda"):
+            raise DermabenchError(f"generator '{self.name}': offload={self.config['offload']} needs a CUDA device")
         with _quiet():
             if self.is_tiny:
                 from dermabench_plugins.flux_tiny import build_tiny_flux
@@ -461,12 +465,11 @@ class DermaFluxGenerator(dermabench.Generator):
         import torch
 
         opts = self.resolved(context)
-        if not self._fitted:
-            if opts["train"] != "none":
-                raise PluginError(
-                    f"generator '{self.name}': generate called before fit (train={opts['train']}); "
-                    "call fit, or use train=none for the base model"
-                )
+        if not self._fitted and opts["train"] != "none":
+            raise PluginError(
+                f"generator '{self.name}': generate called before fit (train={opts['train']}); "
+                "call fit, or use train=none for the base model"
+            )
         pipe = self.load(context)
         if self.config["lora"] is not None and not self._lora_loaded:
             self._apply_lora(self._lora_file())
@@ -500,11 +503,11 @@ class DermaFluxGenerator(dermabench.Generator):
             pp = torch.stack([embeds[t][1] for t in texts])
             extra: dict[str, Any] = {}
             if negative is not None:
-                extra = dict(
-                    negative_prompt_embeds=negative[""][0].expand_as(pe).contiguous(),
-                    negative_pooled_prompt_embeds=negative[""][1].expand_as(pp).contiguous(),
-                    true_cfg_scale=opts["cfg"],
-                )
+                extra = {
+                    "negative_prompt_embeds": negative[""][0].expand_as(pe).contiguous(),
+                    "negative_pooled_prompt_embeds": negative[""][1].expand_as(pp).contiguous(),
+                    "true_cfg_scale": opts["cfg"],
+                }
             # one generator per prompt, on the CPU: an image depends on its seed only
             generators = [torch.Generator("cpu").manual_seed(int(p.seed)) for p in batch]
             with torch.inference_mode(), _quiet():
@@ -604,7 +607,18 @@ class DermaFluxGenerator(dermabench.Generator):
             stop_after=self.stop_after,
         )
         device, _ = self._device_dtype(context)
-        result = run_training(denoiser, data, objective, cfg, checkpoint_dir, device=device, progress=context.progress)
+        park = not self.is_tiny and self.config["offload"] == "none" and device.startswith("cuda")
+        if park:  # the embeddings are cached: lend the text encoders' GPU memory to training
+            pipe.text_encoder.to("cpu")
+            pipe.text_encoder_2.to("cpu")
+            torch.cuda.empty_cache()
+        try:
+            result = run_training(denoiser, data, objective, cfg, checkpoint_dir, device=device,
+                                  progress=context.progress)
+        finally:
+            if park:
+                pipe.text_encoder.to(device)
+                pipe.text_encoder_2.to(device)
         transformer.requires_grad_(False)
         transformer.eval()
         return result
@@ -649,11 +663,6 @@ class DermaFluxGenerator(dermabench.Generator):
         prompt_embeds = torch.stack([embeds[c][0] for c in captions]).to("cpu", storage)
         pooled = torch.stack([embeds[c][1] for c in captions]).to("cpu", storage)
         null = {"prompt_embeds": embeds[""][0][None].cpu(), "pooled": embeds[""][1][None].cpu()}
-        if not self.is_tiny and self.config["offload"] == "none":
-            # the text encoders are done: free their GPU memory for training
-            pipe.text_encoder.to("cpu")
-            pipe.text_encoder_2.to("cpu")
-            torch.cuda.empty_cache() if torch.cuda.is_available() else None
         augment = vae.augment if isinstance(vae, DCTVAE) else None  # conv VAE latents flip with the image
         return TrainingSet(latents.to(storage), {"prompt_embeds": prompt_embeds, "pooled": pooled}, null, augment)
 
@@ -669,9 +678,8 @@ class DermaFluxGenerator(dermabench.Generator):
         tmp.mkdir(parents=True)
         pipe = self.pipe
         if opts["train"] == "lora":
-            from peft.utils import get_peft_model_state_dict
-
             from diffusers import FluxPipeline
+            from peft.utils import get_peft_model_state_dict
 
             layers = get_peft_model_state_dict(pipe.transformer)
             # the adapter's peft config travels in the file's metadata (rank, alpha, targets)
@@ -708,9 +716,8 @@ class DermaFluxGenerator(dermabench.Generator):
                 pipe.transformer.delete_adapters("default")
             self._apply_lora(final / LORA_FILE)
         else:
-            from diffusers import FluxPipeline
-
             import dermabench_plugins.flux_tiny  # noqa: F401 - from_pretrained finds DCTVAE only if imported
+            from diffusers import FluxPipeline
 
             device, dtype = self._device_dtype(context)
             with _quiet():
@@ -781,7 +788,7 @@ def _tiny_spec(model: str):
 def _snap(size: int, pipe) -> int:
     """Round a side to what FLUX can make (a multiple of 2 × the VAE's downscale)."""
     step = pipe.vae_scale_factor * 2
-    return max(step, int(round(size / step)) * step)
+    return max(step, round(size / step) * step)
 
 
 def _center_resize(image: Image.Image, width: int, height: int) -> Image.Image:
@@ -861,9 +868,8 @@ def _model_location(model: str) -> Path:
 
 
 def _load_flux(model: str, dtype) -> FluxPipeline:
-    from diffusers import FluxPipeline
-
     import dermabench_plugins.flux_tiny  # noqa: F401 - a saved tiny DermaFlux names DCTVAE as its VAE
+    from diffusers import FluxPipeline
 
     folder = _model_location(model)
     missing = [

@@ -437,7 +437,7 @@ def train(
             weights = _load_tensors(path / "trainable.safetensors")
             missing = set(names) - set(weights)
             if missing:
-                raise PluginError(f"checkpoint {path} lacks {len(missing)} trained tensors, e.g. {sorted(missing)[0]}")
+                raise PluginError(f"checkpoint {path} lacks {len(missing)} trained tensors, e.g. {min(missing)}")
             with torch.no_grad():
                 for n in names:
                     params[n].copy_(weights[n].to(params[n].dtype))

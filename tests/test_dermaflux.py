@@ -7,10 +7,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from PIL import Image
-
-import dermabench
-from dermabench.errors import DermabenchError, PluginError
 from dermabench_plugins import dermaflux
 from dermabench_plugins.dermaflux import LORA_FILE, DermaFluxGenerator, FluxDenoiser
 from dermabench_plugins.diffusion_training import (
@@ -23,10 +19,14 @@ from dermabench_plugins.diffusion_training import (
     train,
 )
 from dermabench_plugins.flux_tiny import PRESETS, build_tiny_flux, word_tokenizer
+from PIL import Image
+
+import dermabench
+from dermabench.errors import DermabenchError, PluginError
 
 SIZE = 32
 #: the `micro` preset trains a LoRA / full model in well under a second per few steps
-MICRO = dict(model="micro", steps="3", batch_size="8", checkpoint_every="0")
+MICRO = {"model": "micro", "steps": "3", "batch_size": "8", "checkpoint_every": "0"}
 
 
 @pytest.fixture(autouse=True)
@@ -144,7 +144,7 @@ def test_missing_offline_model_fails_fast_with_a_clear_error(tmp_path, monkeypat
 def test_a_saved_tiny_pipeline_loads_as_a_flux_folder(tmp_path):
     pipe = build_tiny_flux(PRESETS["micro"], seed=3)
     pipe.save_pretrained(tmp_path / "flux")
-    opts = dict(steps="3", height=str(SIZE), width=str(SIZE), batch_size="4")
+    opts = {"steps": "3", "height": str(SIZE), "width": str(SIZE), "batch_size": "4"}
     gen = DermaFluxGenerator(model=str(tmp_path / "flux"), train="none", **opts)
     assert gen.model_identity()["model"] == str(tmp_path / "flux")
     out = gen.generate(prompts(2), ctx(tmp_path))
@@ -294,7 +294,7 @@ def test_objectives():
 
 
 def test_resume_from_a_checkpoint_continues_at_the_saved_step(tmp_path, pool):
-    opts = dict(train_steps="6", train_batch_size="4", checkpoint_every="2", model="micro", steps="3")
+    opts = {"train_steps": "6", "train_batch_size": "4", "checkpoint_every": "2", "model": "micro", "steps": "3"}
     killed = DermaFluxGenerator(**opts)
     killed.stop_after = 3  # "killed" after step 3: checkpoints at 2 and 3 (the stop), no final weights
     killed.fit(pool, ctx(tmp_path / "a"))
@@ -390,3 +390,19 @@ def test_dct_latents_reconstruct_and_flip_as_images():
         variants = [torch.rot90(v, k, dims=(1, 2)) for v in (original, original.flip(2)) for k in range(4)]
         assert min(float((flipped - v).abs().max()) for v in variants) < 1e-4
     assert not torch.allclose(out, recon)
+
+
+def test_lora_fit_on_a_model_folder_takes_the_full_size_path(tmp_path, pool):
+    """model=PATH is the paper path (FLUX.1-dev folder); a saved micro pipeline stands in for it here."""
+    build_tiny_flux(PRESETS["micro"], seed=5).save_pretrained(tmp_path / "flux")
+    opts = {"model": str(tmp_path / "flux"), "steps": "2", "height": str(SIZE), "width": str(SIZE),
+            "train_steps": "3", "train_batch_size": "2", "checkpoint_every": "0", "max_sequence_length": "16"}
+    gen = DermaFluxGenerator(**opts)
+    resolved = gen.resolved(ctx(tmp_path))
+    assert gen.train_mode == "lora" and resolved["rank"] == 64 and resolved["alpha"] == 64
+    assert resolved["lr"] == 1e-4 and resolved["gradient_checkpointing"] is True
+    gen.fit(pool, ctx(tmp_path / "work"))
+    final = next((tmp_path / "work" / "fits").glob("*/final"))
+    assert (final / LORA_FILE).is_file() and gen.last_fit["steps"] == 3
+    out = gen.generate(prompts(2), ctx(tmp_path / "work"))
+    assert [im.size for im in out] == [(SIZE, SIZE)] * 2
