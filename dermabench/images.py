@@ -75,15 +75,16 @@ def normalise_samples(samples: Iterable[Sample], size: int, source: str) -> tupl
         if not isinstance(sample.image, Image.Image):
             report.rejected.append((image_id, f"not a PIL image but {type(sample.image).__name__}"))
             continue
-        mode = sample.image.mode
+        # a dataset serving from the image cache hands over RGB images and the file's mode beside them
+        mode = sample.meta.get("file_mode", sample.image.mode)
         try:
-            image, converted = to_square_rgb(sample.image, size)
+            image, _ = to_square_rgb(sample.image, size)
         except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:  # broken file data
             report.rejected.append((image_id, f"cannot decode: {exc}"))
             continue
-        if converted:
+        if mode != "RGB":
             report.converted[mode] += 1
-        meta = dict(sample.meta)
+        meta = {key: value for key, value in sample.meta.items() if key != "file_mode"}
         meta.setdefault("image_id", image_id)
         meta.setdefault("source", source)
         kept.append(replace(sample, image=image, meta=meta))

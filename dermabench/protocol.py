@@ -28,6 +28,7 @@ from dermabench.fidelity_step import fidelity_and_memorization
 from dermabench import generation
 from dermabench.generation import plugin_call
 from dermabench.grids import save_grid
+from dermabench.image_cache import ImageCache
 from dermabench.images import RESIZE_METHOD, normalise_samples
 from dermabench.metrics.classification import evaluate_arms
 from dermabench.prompts import make_prompts
@@ -99,6 +100,10 @@ class Run:
 
     def load(self, kind_slot: str, name: str, data_dir: str | None, options: dict) -> tuple[list[Sample], dict]:
         dataset = self.instantiate("dataset", name, options, slot=kind_slot, data_dir=data_dir)
+        image_cache = None
+        if hasattr(dataset, "use_image_cache"):  # file-based datasets: decode each file once per image size
+            image_cache = ImageCache(self.cache / "images", self.config.image_size)
+            dataset.use_image_cache(image_cache)
         with plugin_call("dataset", name, "samples"):
             raw = dataset.samples()
             samples, report = normalise_samples(
@@ -110,6 +115,8 @@ class Run:
             if report.labels[label] == 0:
                 raise DermabenchError(f"dataset '{name}' has no {label_name} images")
         summary = report.to_dict()
+        if image_cache is not None:
+            self.progress.log(f"{name}: {image_cache.hits} images from the image cache, {image_cache.misses} decoded")
         plugin_report = getattr(dataset, "report", None)
         if isinstance(plugin_report, dict):
             # files the plugin itself could not read count as rejected too

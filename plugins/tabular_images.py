@@ -75,6 +75,8 @@ from PIL import Image
 import dermabench
 from dermabench.api import LABEL_NAMES
 from dermabench.errors import DermabenchError
+from dermabench.image_cache import ImageCache, file_digest
+from dermabench.images import to_square_rgb
 from dermabench.options import Option, parse_options
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"})
@@ -360,7 +362,13 @@ def open_image(path: Path) -> Image.Image:
     return image
 
 
+class CachedRejection(Exception):
+    """A file the image cache remembers as unusable; its message is the original reason."""
+
+
 def failure_reason(exc: BaseException) -> str:
+    if isinstance(exc, CachedRejection):
+        return str(exc)
     if isinstance(exc, (Image.DecompressionBombError, Image.DecompressionBombWarning)):
         return f"decompression bomb guard (PIL.Image.MAX_IMAGE_PIXELS={Image.MAX_IMAGE_PIXELS}): {exc}"
     if isinstance(exc, Image.UnidentifiedImageError):
@@ -540,6 +548,35 @@ class CheckedDataset(dermabench.Dataset):
     def _decode(self, entry: Entry) -> Image.Image:
         return open_image(entry.source)
 
+    def use_image_cache(self, cache: ImageCache) -> None:
+        """Serve files from `cache` (decoded, normalised to its size) and add the ones it lacks.
+
+        The host calls this before `samples()`; images then arrive already square, RGB and
+        resized, with the mode the file decoded in as `meta["file_mode"]`.
+        """
+        self.image_cache = cache
+
+    def _load(self, entry: Entry) -> tuple[Image.Image, str]:
+        """(image, the mode its file decoded in); through the image cache for files when one is set."""
+        cache = getattr(self, "image_cache", None)
+        if cache is None or not isinstance(entry.source, Path):
+            image = self._decode(entry)
+            return image, image.mode
+        digest = file_digest(entry.source)
+        cached = cache.get(digest)
+        if cached is not None:
+            if cached.rejected is not None:
+                raise CachedRejection(cached.rejected)
+            return cached.image, cached.mode
+        try:
+            decoded = self._decode(entry)
+            image, _ = to_square_rgb(decoded, cache.size)
+        except Exception as exc:  # noqa: BLE001 - see samples()
+            cache.put(digest, None, "", failure_reason(exc))
+            raise
+        cache.put(digest, image, decoded.mode)
+        return image, decoded.mode
+
     def samples(self) -> Iterator[dermabench.Sample]:
         """Decode every listed image once, in metadata order; rejects go to `report["undecodable"]`."""
         report = self.report
@@ -561,16 +598,20 @@ class CheckedDataset(dermabench.Dataset):
         try:
             for entry in self.entries:
                 try:
-                    image = self._decode(entry)
+                    image, mode = self._load(entry)
                 except Exception as exc:  # noqa: BLE001 - every way a file can be broken is a rejection
                     undecodable.append((entry.file, failure_reason(exc)))
                     continue
                 dx_counts[entry.dx] += 1
                 labels[entry.label] += 1
-                if image.mode != "RGB":
-                    modes[image.mode] += 1
-                yield dermabench.Sample(image=image, label=entry.label, meta=dict(entry.meta))
+                if mode != "RGB":
+                    modes[mode] += 1
+                meta = dict(entry.meta) if mode == image.mode else {**entry.meta, "file_mode": mode}
+                yield dermabench.Sample(image=image, label=entry.label, meta=meta)
         finally:
             publish()
+            cache = getattr(self, "image_cache", None)
+            if cache is not None:
+                cache.flush()
         report["complete"] = True
         self._require_both_classes(labels, "has no decodable")

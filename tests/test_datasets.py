@@ -20,10 +20,12 @@ import dermabench
 from dermabench import plugins
 from dermabench.data_check import check, format_report
 from dermabench.errors import DermabenchError
-from dermabench.images import to_square_rgb
+from dermabench.image_cache import ImageCache
+from dermabench.images import normalise_samples, to_square_rgb
 from dermabench_plugins.dermamnist import DermaMNISTDataset
 from dermabench_plugins.ham10000 import HAM10000Dataset
 from dermabench_plugins.imagefolder import ImageFolderDataset
+from dermabench_plugins import tabular_images
 from dermabench_plugins.isic import ISICDataset
 from dermabench_plugins.tabular_images import label_map
 
@@ -608,3 +610,83 @@ def test_real_ham10000_data_check():
     assert result["load_seconds"] < 60
     text = format_report(result)
     assert "images loaded: 10015" in text and "lesions: 7470 distinct lesion_id" in text
+
+
+# --------------------------------------------------------------------------- the image cache
+
+
+def broken_and_odd_folder(root: Path) -> Path:
+    """Good JPEGs of both classes, every odd mode, and three broken files, in a HAM-format folder."""
+    images = root / "images"
+    rows = []
+    for i, (image_id, dx) in enumerate([("good_mel", "mel"), ("good_nv", "nv"), ("good_bcc", "bcc")]):
+        jpeg(images / f"{image_id}.jpg", color=(40 * i, 90, 200 - 30 * i), size=(30, 20))
+        rows.append(f"L_{image_id},{image_id},{dx},histo,50,male,back")
+    for mode, path in odd_modes(images).items():
+        rows.append(f"L_{mode},{path.stem},nv,histo,50,male,back")
+    truncated_jpeg(images / "truncated.jpg")
+    (images / "zero.jpg").write_bytes(b"")
+    (images / "text.jpg").write_text("this is not an image\n")
+    rows += [f"L_{x},{x},nv,histo,50,male,back" for x in ("truncated", "zero", "text")]
+    write_csv(root / "HAM10000_metadata.csv", HAM_HEADER, rows)
+    return root
+
+
+def normalised(root: Path, size: int, cache: ImageCache | None):
+    dataset = HAM10000Dataset(data_dir=str(root))
+    if cache is not None:
+        dataset.use_image_cache(cache)
+    samples, report = normalise_samples(dataset.samples(), size, source="ham10000")
+    return samples, report.to_dict(), dataset.report
+
+
+def test_the_image_cache_returns_what_decoding_returns_and_decodes_nothing_twice(tmp_path, monkeypatch):
+    root = broken_and_odd_folder(tmp_path / "data")
+    plain, plain_report, plain_plugin = normalised(root, 16, None)
+    first_cache = ImageCache(tmp_path / "cache", 16)
+    first, first_report, first_plugin = normalised(root, 16, first_cache)
+    assert (first_cache.hits, first_cache.misses) == (0, 11)
+
+    opened = []
+    monkeypatch.setattr(tabular_images, "open_image", lambda path: opened.append(path))
+    second_cache = ImageCache(tmp_path / "cache", 16)
+    second, second_report, second_plugin = normalised(root, 16, second_cache)
+    assert opened == [] and (second_cache.hits, second_cache.misses) == (11, 0)
+
+    for run in (first, second):
+        assert [s.meta for s in run] == [s.meta for s in plain]
+        for a, b in zip(run, plain):
+            assert a.image.mode == "RGB" and np.array_equal(np.asarray(a.image), np.asarray(b.image))
+    # conversions and rejections are reported the same, whether decoded or cached
+    assert first_report == second_report == plain_report
+    assert plain_report["converted_images"] == 5
+    for key in ("undecodable", "converted_modes", "dx_counts", "label_counts"):
+        assert first_plugin[key] == second_plugin[key] == plain_plugin[key]
+    assert len(second_plugin["undecodable"]) == 3
+
+
+def test_the_image_cache_is_keyed_by_content_and_size(tmp_path):
+    root = broken_and_odd_folder(tmp_path / "data")
+    normalised(root, 16, ImageCache(tmp_path / "cache", 16))
+    # renamed (same bytes): a hit; edited (new bytes): a miss
+    (root / "images" / "good_nv.jpg").rename(root / "images" / "moved.jpg")
+    (root / "images" / "moved.jpg").rename(root / "images" / "good_nv.jpg")
+    jpeg(root / "images" / "good_mel.jpg", color=(1, 2, 3), size=(30, 20))
+    cache = ImageCache(tmp_path / "cache", 16)
+    samples, _, _ = normalised(root, 16, cache)
+    assert (cache.hits, cache.misses) == (10, 1)
+    good_mel = next(s for s in samples if s.meta["image_id"] == "good_mel")
+    assert np.abs(np.asarray(good_mel.image, dtype=int)[8, 8] - (1, 2, 3)).max() <= 3
+    other_size = ImageCache(tmp_path / "cache", 24)
+    normalised(root, 24, other_size)
+    assert (other_size.hits, other_size.misses) == (0, 11)
+
+
+def test_a_pack_without_its_index_is_ignored(tmp_path):
+    root = broken_and_odd_folder(tmp_path / "data")
+    normalised(root, 16, ImageCache(tmp_path / "cache", 16))
+    for index in (tmp_path / "cache" / "16px").glob("pack-*.json"):
+        index.unlink()  # as if the run died between writing the array and its index
+    cache = ImageCache(tmp_path / "cache", 16)
+    normalised(root, 16, cache)
+    assert (cache.hits, cache.misses) == (0, 11)
