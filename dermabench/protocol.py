@@ -31,6 +31,8 @@ from dermabench.grids import save_grid
 from dermabench.image_cache import ImageCache
 from dermabench.images import RESIZE_METHOD, normalise_samples
 from dermabench.metrics.classification import evaluate_arms
+from dermabench.metrics.subgroups import evaluate_subgroups
+from dermabench.near_duplicates import find_near_duplicates
 from dermabench.prompts import make_prompts
 from dermabench.results import PROTOCOL, RESULT_FILE, SCHEMA_VERSION, environment, git_commit, write_json_atomic
 from dermabench.splits import group_of, load_or_make_split
@@ -173,6 +175,16 @@ class Run:
             val = [samples[i] for i in split.indices("val")]
             test = test_samples if test_samples is not None else [samples[i] for i in split.indices("test")]
             test_groups = [group_of(s, i) for i, s in enumerate(test)]
+            parts = {"train_pool": train_pool, "val": val, "test": test}
+            near_duplicates = find_near_duplicates(
+                {name: [s.image for s in part] for name, part in parts.items()},
+                {name: [s.meta["image_id"] for s in part] for name, part in parts.items()},
+            )
+            if any(near_duplicates["n_pairs"].values()):
+                self.progress.log(
+                    f"warning: near-duplicate images on two sides of the split: {near_duplicates['n_pairs']} "
+                    "(listed in the result's data.near_duplicates)"
+                )
             for name, part in (("validation", val), ("test", test)):
                 if len({s.label for s in part}) < 2:
                     raise DermabenchError(f"the {name} set has a single class; the dataset is too small to evaluate")
@@ -226,7 +238,8 @@ class Run:
             extractor = self.instantiate("extractor", config.extractor, extractor_options)
             extractor_context = self.context("extractor", config.extractor, extractor_options)
             fidelity, memorization, closest_pairs = fidelity_and_memorization(
-                extractor, extractor_context, train_pool, test, synthetic, config.seed, self.progress
+                extractor, extractor_context, train_pool, test, synthetic, config.seed, self.progress,
+                cache_dir=self.cache / "features",
             )
             fidelity["resize"] = RESIZE_METHOD
         self.save_grids(train_pool, synthetic, closest_pairs)
@@ -250,6 +263,9 @@ class Run:
                     "seeds": seeds,
                     **arm_metrics[arm],
                 }
+            subgroups = evaluate_subgroups(
+                test, test_groups, probabilities, reference="real", n_boot=config.n_boot, seed=config.seed
+            )
             write_json_atomic(
                 self.run_dir / "predictions.json",
                 {
@@ -282,6 +298,7 @@ class Run:
                 "converted_images": data_report["converted_images"],
                 "image_size": config.image_size,
                 "resize": RESIZE_METHOD,
+                "near_duplicates": near_duplicates,
                 "dataset_report": data_report,
                 **({"test_dataset_report": test_report} if test_samples is not None else {}),
                 "prevalence": {
@@ -293,6 +310,7 @@ class Run:
             "fidelity": fidelity,
             "memorization": memorization,
             "arms": arm_metrics,
+            "subgroups": subgroups,
             "timings_s": {key: round(value, 3) for key, value in self.timings.items()},
             "environment": environment(self.device),
         }

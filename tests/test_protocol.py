@@ -48,6 +48,13 @@ def test_result_matches_the_contract(smoke_run):
     assert 0.0 <= result["memorization"]["near_copy_rate"] <= 1.0
     assert set(result["timings_s"]) >= {"fit_generator", "generate", "fidelity", "classify", "total"}
     assert result["plugins"]["generator"] == {"name": "augment", "plugin": "augment", "version": dermabench.__version__}
+    # phantom metadata has every subgroup attribute; each subgroup's n adds up to the test set
+    assert set(result["subgroups"]) == {"site", "sex", "age_band", "fitzpatrick"}
+    for attribute in result["subgroups"].values():
+        assert sum(g["n"] for g in attribute["groups"].values()) + attribute["n_unknown"] == data["n_test"]
+    near = data["near_duplicates"]
+    assert set(near["n_pairs"]) == {"train_pool-val", "train_pool-test", "val-test"}
+    assert len(near["pairs"]) == min(50, sum(near["n_pairs"].values()))
     for name in ("split.json", "predictions.json", "samples.png", "closest_pairs.png"):
         assert (path.parent / name).is_file()
     assert Image.open(path.parent / "samples.png").size[0] > 0
@@ -135,3 +142,20 @@ def test_real_plus_augment_arm(tmp_path):
     arm = result["arms"]["real+augment"]
     assert (arm["n_real"], arm["n_synthetic"]) == (120, 40)
     assert "delta_vs_real" in arm
+
+
+def test_a_test_dataset_replaces_the_test_split(tmp_path):
+    """--test-dataset: train/val come from --dataset, the whole other dataset is the test set."""
+    other = {"n": 160, "seed": 11}
+    config = smoke(tmp_path, test_dataset="phantom", test_dataset_options=other)
+    path = run(config)
+    result = json.loads(path.read_text())
+    test_images = result["data"]["test_dataset_report"]["n_images"]
+    assert result["data"]["n_test"] == test_images == 160
+    assert result["data"]["n_train_pool"] + result["data"]["n_val"] == result["data"]["dataset_report"]["n_images"]
+    assert {row["split"] for row in json.loads((path.parent / "split.json").read_text())["images"]} == {"train", "val"}
+    predictions = json.loads((path.parent / "predictions.json").read_text())
+    assert len(predictions["label"]) == 160
+    assert result["config"]["test_dataset"] == "phantom" and result["config"]["test_dataset_options"] == other
+    assert result["plugins"]["test_dataset"]["name"] == "phantom"
+    assert result["arms"]["real"]["n_test"] == 160
