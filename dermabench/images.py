@@ -23,9 +23,10 @@ def to_square_rgb(image: Image.Image, size: int) -> tuple[Image.Image, bool]:
     """The image as RGB, square, size×size. Returns (image, whether its mode was converted)."""
     converted = image.mode != "RGB"
     if converted:
-        # 16-bit and palette images need a detour through a mode PIL can map to RGB
-        if image.mode in ("I;16", "I;16B", "I;16L", "I"):
-            array = np.asarray(image, dtype=np.float64)
+        # 16-bit, 32-bit and float images need a detour through a mode PIL can map to RGB (PIL would clip
+        # a float image in [0, 1] to black); palette and alpha images one through RGBA
+        if image.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+            array = np.nan_to_num(np.asarray(image, dtype=np.float64), nan=0.0, posinf=0.0, neginf=0.0).clip(min=0)
             top = array.max() or 1.0
             image = Image.fromarray((array / top * 255).astype(np.uint8))
         elif image.mode in ("P", "PA", "LA", "RGBA"):

@@ -16,7 +16,7 @@ import pluggy
 
 from dermabench import hookspecs
 from dermabench.api import PLUGIN_KINDS, Plugin
-from dermabench.errors import PluginError, unknown_name
+from dermabench.errors import DermabenchError, PluginError, unknown_name
 
 GROUP = "dermabench"
 ALLOW_LIST_ENV = "DERMABENCH_LOAD_PLUGINS"
@@ -100,7 +100,14 @@ def get(kind: str, name: str) -> Registered:
     """The registered class of a kind by name, or a clear error listing the known names."""
     found = registered(kind)
     if name not in found:
-        raise unknown_name(kind, name, found)
+        error = unknown_name(kind, name, found)
+        allow_list = os.environ.get(ALLOW_LIST_ENV)
+        if allow_list is not None:  # say why a plugin the user has installed may be missing
+            installed = {ep.name for ep in importlib.metadata.entry_points(group=GROUP)}
+            typos = [item.strip() for item in allow_list.split(",") if item.strip() and item.strip() not in installed]
+            hint = f" (no installed plugin is called {', '.join(map(repr, typos))})" if typos else ""
+            error = DermabenchError(f"{error} Only the plugins in {ALLOW_LIST_ENV}={allow_list} are loaded{hint}.")
+        raise error
     return found[name]
 
 

@@ -373,7 +373,7 @@ def failure_reason(exc: BaseException) -> str:
         return f"decompression bomb guard (PIL.Image.MAX_IMAGE_PIXELS={Image.MAX_IMAGE_PIXELS}): {exc}"
     if isinstance(exc, Image.UnidentifiedImageError):
         return "not an image PIL can identify"
-    text = str(exc) or type(exc).__name__
+    text = " ".join(str(exc).split()) or type(exc).__name__  # one line in the report and in error messages
     return text if isinstance(exc, ValueError) and text.startswith("empty file") else f"{type(exc).__name__}: {text}"
 
 
@@ -439,6 +439,7 @@ class CheckedDataset(dermabench.Dataset):
     def __init__(self, data_dir: str | None = None, **options: Any) -> None:
         super().__init__(data_dir=data_dir, **options)
         self.who = f"dataset '{self.name}'"
+        self.data_dir = data_dir
         self.config = parse_options(self.who, options, self.option_specs, FLAG)
         self.report: dict[str, Any] = new_report()
         self.entries: list[Entry] = []
@@ -519,7 +520,8 @@ class CheckedDataset(dermabench.Dataset):
     def _require_both_classes(self, counts: Mapping[int, int], verb: str) -> None:
         for label, label_name in LABEL_NAMES.items():
             if counts.get(label, 0) == 0:
-                raise DermabenchError(f"{self.who} {verb} {label_name} images{self._class_hint()}")
+                where = f" in {self.data_dir}" if self.data_dir else ""
+                raise DermabenchError(f"{self.who} {verb} {label_name} images{where}{self._class_hint()}")
 
     def _class_hint(self) -> str:
         parts = []
@@ -538,8 +540,12 @@ class CheckedDataset(dermabench.Dataset):
                 parts.append(f"{key}: {self.report[key]}")
         if self.report.get("missing_images"):
             parts.append(f"{len(self.report['missing_images'])} metadata rows without an image")
-        if self.report.get("undecodable"):
-            parts.append(f"{len(self.report['undecodable'])} undecodable images")
+        undecodable = self.report.get("undecodable") or []
+        if undecodable:
+            # name the files: a class emptied by broken files is fixed by fixing those files
+            shown = ", ".join(f"{file} ({reason})" for file, reason in undecodable[:3])
+            more = f", and {len(undecodable) - 3} more" if len(undecodable) > 3 else ""
+            parts.append(f"{len(undecodable)} undecodable images: {shown}{more}")
         hint = f" (check {FLAG} malignant=/benign=)" if self.mapping is not None else ""
         return " (" + "; ".join(parts) + ")" + hint
 

@@ -70,7 +70,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import dermabench
-from dermabench.errors import DermabenchError
+from dermabench.errors import DermabenchError, weights_only_refusal
 from dermabench_plugins.image_classifier import Option, TorchImageClassifier
 
 if TYPE_CHECKING:
@@ -122,7 +122,7 @@ def load_checkpoint(path: str | Path, who: str) -> dict[str, torch.Tensor]:
         try:
             checkpoint = torch.load(file, map_location="cpu", weights_only=True)
         except pickle.UnpicklingError as exc:
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            first = weights_only_refusal(exc)
             raise DermabenchError(
                 f"{who}: refusing to load {file}: it cannot be read with torch.load(weights_only=True) because it "
                 f"pickles Python objects other than tensors, and unpickling them could run arbitrary code "
