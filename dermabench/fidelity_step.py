@@ -4,16 +4,23 @@ Features are extracted once per image set; FID/KID/precision/recall are computed
 overall and per class between synthetic images and the real test set, beside the
 same numbers for real train images vs the real test set (the floor a perfect
 generator would reach with this N and this extractor). relative FID = FID / floor.
+
+With a `cache_dir` (the protocol passes `<out>/.cache/features/`), the features of
+each image set are cached on disk by pixels + extractor + image size
+(dermabench/feature_cache.py): a second run on the same split with the same
+extractor extracts nothing for the real train pool and test set.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 
 from dermabench.api import LABEL_NAMES, FeatureExtractor, Progress, RunContext, Sample
 from dermabench.errors import PluginError
+from dermabench.feature_cache import FeatureCache
 from dermabench.generation import plugin_call
 from dermabench.metrics.fidelity import fid_from_statistics, fid_statistics, fidelity_metrics
 from dermabench.metrics.memorization import memorization
@@ -22,13 +29,33 @@ from dermabench.seeding import derive_seed
 CLOSEST_PAIRS_SHOWN = 8
 
 
-def extract(extractor: FeatureExtractor, samples: Sequence[Sample], context: RunContext, what: str) -> np.ndarray:
-    with plugin_call("extractor", extractor.name, "extract"):
-        features = np.asarray(extractor.extract([s.image for s in samples], context), dtype=np.float64)
-    if features.ndim != 2 or features.shape[0] != len(samples):
-        raise PluginError(f"extractor '{extractor.name}' returned features of shape {features.shape} for {what}")
-    if not np.all(np.isfinite(features)):
-        raise PluginError(f"extractor '{extractor.name}' returned NaN or inf features for {what}")
+def extract(
+    extractor: FeatureExtractor,
+    samples: Sequence[Sample],
+    context: RunContext,
+    what: str,
+    cache: FeatureCache | None = None,
+    progress: Progress | None = None,
+) -> np.ndarray:
+    """Checked float64 features (n, dim) of the samples' images; from `cache` when it holds them."""
+    images = [s.image for s in samples]
+
+    def compute() -> np.ndarray:
+        with plugin_call("extractor", extractor.name, "extract"):
+            features = np.asarray(extractor.extract(images, context), dtype=np.float64)
+        if features.ndim != 2 or features.shape[0] != len(samples):
+            raise PluginError(f"extractor '{extractor.name}' returned features of shape {features.shape} for {what}")
+        if not np.all(np.isfinite(features)):
+            raise PluginError(f"extractor '{extractor.name}' returned NaN or inf features for {what}")
+        return features
+
+    if cache is None:
+        return compute()
+    with plugin_call("extractor", extractor.name, "describe"):
+        describe = _describe(extractor)
+    features, hit = cache.get_or_compute(extractor, describe, images, context.image_size, compute)
+    if hit and progress is not None:
+        progress.log(f"{what}: {len(features)} {extractor.name} features from the cache")
     return features
 
 
@@ -53,11 +80,16 @@ def fidelity_and_memorization(
     synthetic: Sequence[Sample],
     seed: int,
     progress: Progress,
+    cache_dir: Path | None = None,
 ) -> tuple[dict, dict, list]:
-    """Returns (fidelity, memorization, closest pairs as grid rows) for the result JSON."""
-    train_features = extract(extractor, train_pool, context, "the real train pool")
-    test_features = extract(extractor, test, context, "the real test set")
-    synthetic_features = extract(extractor, synthetic, context, "the synthetic images")
+    """Returns (fidelity, memorization, closest pairs as grid rows) for the result JSON.
+
+    `cache_dir`: where features are cached across runs (None: no cache).
+    """
+    cache = FeatureCache(cache_dir) if cache_dir is not None else None
+    train_features = extract(extractor, train_pool, context, "the real train pool", cache, progress)
+    test_features = extract(extractor, test, context, "the real test set", cache, progress)
+    synthetic_features = extract(extractor, synthetic, context, "the synthetic images", cache, progress)
     train_labels = np.array([s.label for s in train_pool])
     test_labels = np.array([s.label for s in test])
     synthetic_labels = np.array([s.label for s in synthetic])

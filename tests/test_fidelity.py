@@ -207,3 +207,13 @@ def test_fid_equals_torch_fidelity_own_function(n):
     ours = fid_from_statistics(*stats_a, *stats_b)
     reference = fid_torch_fidelity(*stats_a, *stats_b)
     assert ours == pytest.approx(reference, rel=1e-6)
+
+
+def test_statistics_are_float64_even_from_float32_features():
+    rng = np.random.default_rng(7)
+    features = (rng.standard_normal((300, 16)) * 1e3 + 1e4).astype(np.float32)  # large offset: float32 sums would drift
+    mu, sigma = fid_statistics(features)
+    assert mu.dtype == sigma.dtype == np.float64
+    exact = features.astype(np.float64)
+    np.testing.assert_allclose(mu, exact.mean(axis=0), rtol=1e-12)
+    np.testing.assert_allclose(sigma, np.cov(exact, rowvar=False), rtol=1e-9, atol=1e-9)
