@@ -96,6 +96,11 @@ class Plugin:
 class Generator(Plugin):
     """Makes synthetic images from prompts. Subclass and register with `register_generators`."""
 
+    #: True when each prompt's image depends on that prompt (text, label, seed) alone, not on which other
+    #: prompts share the `generate` call: the host then generates in shards and a killed run resumes at the
+    #: first unfinished shard. Set False for a generator that deals images out in call order.
+    per_prompt: ClassVar[bool] = True
+
     def fit(self, train: Sequence[Sample], context: RunContext) -> None:
         """Adapt the generator to the real train pool. Never sees validation or test images.
 

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from dermabench.api import Prompt, Sample
-from dermabench.errors import PluginError
+from dermabench.errors import DermabenchError, PluginError
 from dermabench.generation import check_images, plugin_call
 from dermabench.seeding import derive_seed
 
@@ -86,20 +86,32 @@ def check_probabilities(p: object, n: int, name: str) -> np.ndarray:
 
 
 def train_arms(
-    run: Run, arms: dict[str, list[Sample]], val: Sequence[Sample], test: Sequence[Sample], seeds: Sequence[int]
+    run: Run,
+    arms: dict[str, list[Sample]],
+    val: Sequence[Sample],
+    test: Sequence[Sample],
+    seeds: Sequence[int],
+    stage_inputs: dict | None = None,
 ) -> dict[str, list[np.ndarray]]:
     """Train a fresh classifier per arm and seed; return P(malignant) on the test set per arm and seed.
 
     Seed k initialises the classifier identically in every arm, so per-seed
-    differences between arms are paired.
+    differences between arms are paired. Each arm × seed is a stage of the run: a
+    resumed run reuses the probabilities of those that finished.
     """
     config = run.config
     options = dict(config.classifier_options)
     test_images = [s.image for s in test]
-    probabilities: dict[str, list[np.ndarray]] = {}
-    for arm, train in arms.items():
-        probabilities[arm] = []
-        for seed in seeds:
+    jobs = [(arm, seed) for arm in arms for seed in seeds]
+    run.instantiate("classifier", config.classifier, options)  # records the plugin; cheap: models build in fit
+    common = {**(stage_inputs or {}), "classifier": run.plugin_info["classifier"], "options": options,
+              "image_size": config.image_size}  # fmt: skip
+    inputs = {(arm, seed): {**common, "train": [s.meta["image_id"] for s in arms[arm]]} for arm, seed in jobs}
+    probabilities: dict[str, list[np.ndarray]] = {arm: [] for arm in arms}
+    # with several processes, each trains its share of the jobs and they meet in the stage records
+    for arm, seed in run.processes.mine(jobs):
+        train = arms[arm]
+        if run.stages.load(f"arm-{arm}-seed{seed}", inputs[arm, seed]) is None:
             run.progress.log(f"arm {arm}, seed {seed}: {len(train)} training images")
             classifier = run.instantiate("classifier", config.classifier, options)
             safe_arm = arm.replace("+", "-")
@@ -108,5 +120,12 @@ def train_arms(
                 classifier.fit(train, val, context)
             with plugin_call("classifier", config.classifier, "predict_proba"):
                 p = classifier.predict_proba(test_images, context)
-            probabilities[arm].append(check_probabilities(p, len(test_images), config.classifier))
+            p = check_probabilities(p, len(test_images), config.classifier)
+            run.stages.save(f"arm-{arm}-seed{seed}", inputs[arm, seed], p.tolist())
+    run.processes.wait()
+    for arm, seed in jobs:
+        stored = run.stages.load(f"arm-{arm}-seed{seed}", inputs[arm, seed], reuse=False)
+        if stored is None:
+            raise DermabenchError(f"the classifier of arm {arm}, seed {seed} left no record in {run.stages.folder}")
+        probabilities[arm].append(np.asarray(stored, dtype=np.float64))
     return probabilities

@@ -14,6 +14,7 @@ from rich.console import Console
 from dermabench import leaderboard, plugins
 from dermabench.config import PROFILES, build_config, parse_options, read_config_file
 from dermabench.errors import DermabenchError
+from dermabench.generation import plugin_call
 
 app = typer.Typer(
     help="Benchmark synthetic skin-lesion images: do they make a classifier better, and how real do they look?",
@@ -46,7 +47,11 @@ def user_errors(command):
 @app.command()
 @user_errors
 def run(
-    generator: Annotated[Optional[str], typer.Option(help="Generator plugin (see `dermabench list generators`).")] = None,
+    generator: Annotated[
+        list[str],
+        typer.Option(help="Generator plugin (see `dermabench list generators`); repeat it to compare several "
+                     "generators on the same split, seeds and classifier settings."),
+    ] = [],
     classifier: Annotated[Optional[str], typer.Option(help="Classifier plugin.")] = None,
     dataset: Annotated[Optional[str], typer.Option(help="Dataset plugin for train pool, validation and test.")] = None,
     data_dir: Annotated[Optional[Path], typer.Option(help="Folder of the dataset.")] = None,
@@ -70,36 +75,71 @@ def run(
     test_dataset_opt: Annotated[list[str], typer.Option(help="Test dataset option key=value (repeatable).")] = [],
     extractor_opt: Annotated[list[str], typer.Option(help="Extractor option key=value (repeatable).")] = [],
     captioner_opt: Annotated[list[str], typer.Option(help="Captioner option key=value (repeatable).")] = [],
+    force: Annotated[bool, typer.Option("--force", help="Start a new run beside a finished or running one.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print only the result.")] = False,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Step durations and the debug log.")] = False,
 ) -> None:
-    """Run the real-vs-synthetic protocol and print the run's leaderboard row."""
+    """Run the real-vs-synthetic protocol, print the leaderboard rows and write the HTML report of each run.
+
+    With several `--generator`s, one run per generator: the same split, prompts' seeds, classifier seeds and
+    settings, one real test set; the leaderboard ranks them together.
+    """
     from dermabench.progress import ConsoleProgress
     from dermabench.protocol import run as run_protocol
 
-    settings = build_config(
-        read_config_file(config) if config else None,
-        generator=generator, classifier=classifier, dataset=dataset,
+    file_settings = read_config_file(config) if config else None
+    every = [build_config(
+        file_settings,
+        generator=name, classifier=classifier, dataset=dataset,
         data_dir=str(data_dir) if data_dir else None,
         test_dataset=test_dataset, test_data_dir=str(test_data_dir) if test_data_dir else None,
         extractor=extractor, captioner=captioner, profile=profile, seed=seed, seeds=seeds,
         n_real=n_real, n_synthetic=n_synthetic, image_size=image_size, arms=arms, device=device,
         out=str(out_dir) if out_dir else None,
-        generator_options=parse_options(generator_opt, "--generator-opt") or None,
+        generator_options=generator_options(generator_opt, name, generator) or None,
         classifier_options=parse_options(classifier_opt, "--classifier-opt") or None,
         dataset_options=parse_options(dataset_opt, "--dataset-opt") or None,
         test_dataset_options=parse_options(test_dataset_opt, "--test-dataset-opt") or None,
         extractor_options=parse_options(extractor_opt, "--extractor-opt") or None,
         captioner_options=parse_options(captioner_opt, "--captioner-opt") or None,
-    )  # fmt: skip
-    # fail on a misspelt plugin name now, not after minutes of work
-    for slot in ("generator", "classifier", "dataset", "extractor", "captioner", "test_dataset"):
-        name = getattr(settings, slot)
-        if name:
-            plugins.get("dataset" if slot == "test_dataset" else slot, name)
-    result_path = run_protocol(settings, ConsoleProgress(quiet=quiet))
-    result = json.loads(result_path.read_text())
-    out.print(leaderboard.render([result], "md"), end="", highlight=False)
-    err.print(f"result: {result_path}", highlight=False)
+    ) for name in (generator or [None])]  # fmt: skip
+    # fail on a misspelt plugin name or a bad option value now, not after minutes (or GPU-hours) of work
+    for settings in every:
+        for slot in ("generator", "classifier", "dataset", "extractor", "captioner", "test_dataset"):
+            name = getattr(settings, slot)
+            if name:
+                registered = plugins.get("dataset" if slot == "test_dataset" else slot, name)
+                if slot in ("generator", "classifier", "extractor", "captioner"):  # cheap: models load later
+                    with plugin_call(slot, name, "__init__"):
+                        registered.cls(**dict(getattr(settings, f"{slot}_options")))
+    results = []
+    for settings in every:
+        result_path = run_protocol(settings, ConsoleProgress(quiet=quiet, verbose=verbose), force=force)
+        results.append(json.loads(result_path.read_text()))
+        err.print(f"result: {result_path}", highlight=False)
+        try:  # the result is safe on disk; a report that fails to render must not turn the run into a failure
+            from dermabench.report import write_report
+
+            err.print(f"report: {write_report(result_path.parent)}", highlight=False)
+        except Exception as exc:  # noqa: BLE001
+            err.print(f"warning: report not written ({exc}); try `dermabench report {result_path.parent}`",
+                      markup=False)  # fmt: skip
+    out.print(leaderboard.render(results, "md"), end="", highlight=False)
+
+
+def generator_options(pairs: list[str], name: str | None, names: list[str]) -> dict[str, str]:
+    """`--generator-opt` for one generator: `key=value` applies to every generator, `NAME.key=value` to NAME's."""
+    options = parse_options(pairs, "--generator-opt")
+    mine: dict[str, str] = {}
+    for key, value in options.items():
+        owner, dot, option = key.rpartition(".")
+        if not dot:
+            mine.setdefault(key, value)
+        elif owner not in names:
+            raise DermabenchError(f"--generator-opt {key}: '{owner}' is not one of the --generator names {names}")
+        elif owner == name:
+            mine[option] = value  # the generator's own value wins over a shared one
+    return mine
 
 
 @app.command("plugins")
@@ -131,7 +171,8 @@ def list_kind(kind: Annotated[str, typer.Argument(help=", ".join(KINDS))]) -> No
 @user_errors
 def show_leaderboard(
     results_dir: Annotated[Path, typer.Argument(help="Folder of runs (default results/).")] = Path("results"),
-    fmt: Annotated[str, typer.Option("--format", help="md, csv or json.")] = "md",
+    fmt: Annotated[str, typer.Option("--format", help="md, csv, json or latex (booktabs).")] = "md",
+    columns: Annotated[Optional[str], typer.Option(help="Comma-separated columns, e.g. generator,fid,auc,delta_auc.")] = None,
 ) -> None:
     """A leaderboard of every finished run under RESULTS_DIR, rendered from the result JSON alone."""
     from dermabench.results import load_results
@@ -141,7 +182,65 @@ def show_leaderboard(
 
         raise unknown_name("format", fmt, leaderboard.FORMATS)
     results = [result for _, result in load_results(results_dir)]
-    sys.stdout.write(leaderboard.render(results, fmt))
+    sys.stdout.write(leaderboard.render(results, fmt, columns))
+
+
+@app.command("report")
+@user_errors
+def report(
+    path: Annotated[Path, typer.Argument(help="A run folder (holding result.json) or a folder of runs.")],
+    out_path: Annotated[Optional[Path], typer.Option("--out", help="HTML file (default PATH/report.html).")] = None,
+) -> None:
+    """Write one self-contained HTML report (images embedded, no network) of a run or a folder of runs."""
+    from dermabench.report import write_report
+
+    out.print(f"wrote {write_report(path, out_path)}", highlight=False)
+
+
+@app.command("sweep")
+@user_errors
+def sweep(
+    config: Annotated[Path, typer.Option("--config", help="Sweep TOML: run settings plus a [grid] of lists.")],
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="List the cells and which are finished; run nothing.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print only the leaderboard.")] = False,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Step durations and the debug log.")] = False,
+) -> None:
+    """Run a grid of runs (generator × classifier × n_real × n_synthetic × seed), skipping finished cells."""
+    from dermabench.progress import ConsoleProgress
+    from dermabench.sweep import run_sweep
+
+    result = run_sweep(config, ConsoleProgress(quiet=quiet, verbose=verbose), dry_run=dry_run)
+    for cell in result.cells:
+        error = f": {cell.error}" if cell.error else ""
+        err.print(f"{cell.status:<9} {cell.run_id}  ({cell.label()}){error}", highlight=False, markup=False)
+    if result.files.get("leaderboard.md"):
+        out.print(result.files["leaderboard.md"].read_text(), end="", highlight=False, markup=False)
+    for name, file in result.files.items():
+        err.print(f"{name}: {file}", highlight=False, markup=False)
+    if result.count("failed"):
+        err.print(f"[bold red]error:[/bold red] {result.count('failed')} of {len(result.cells)} cells failed", highlight=False)
+        raise typer.Exit(1)
+
+
+@app.command("fid")
+@user_errors
+def fid(
+    dir_a: Annotated[Path, typer.Argument(metavar="DIR_A", help="Reference (real) images, searched at any depth.")],
+    dir_b: Annotated[Path, typer.Argument(metavar="DIR_B", help="Images to judge (generated), searched at any depth.")],
+    extractor: Annotated[Optional[str], typer.Option(help="Feature extractor (default efficientnet-lite0).")] = None,
+    extractor_opt: Annotated[list[str], typer.Option(help="Extractor option key=value (repeatable).")] = [],
+    image_size: Annotated[Optional[int], typer.Option(help="Side images are cropped and resized to (default 64).")] = None,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N.")] = "auto",
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress lines on stderr.")] = False,
+) -> None:
+    """FID, KID, precision and recall between two folders of images (B judged against A)."""
+    from dermabench.fid_command import fid_between_folders, format_numbers, to_json
+    from dermabench.progress import ConsoleProgress
+
+    options = parse_options(extractor_opt, "--extractor-opt")
+    numbers = fid_between_folders(dir_a, dir_b, extractor, options, image_size, device, ConsoleProgress(quiet=quiet))
+    sys.stdout.write((to_json(numbers) if as_json else format_numbers(numbers)) + "\n")
 
 
 @data_app.command("preview")

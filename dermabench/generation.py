@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import os
 from collections.abc import Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -21,6 +22,7 @@ from PIL import Image
 from dermabench.api import Generator, Prompt, RunContext
 from dermabench.errors import DermabenchError, PluginError
 from dermabench.images import to_square_rgb, to_uint8_array
+from dermabench.processes import Processes
 from dermabench.results import write_bytes_atomic
 
 
@@ -29,8 +31,11 @@ def plugin_call(kind: str, name: str, method: str):
     """Turn any exception a plugin raises into a PluginError naming the plugin and method."""
     try:
         yield
-    except DermabenchError:
-        raise
+    except DermabenchError as exc:
+        if f"'{name}'" in str(exc):
+            raise
+        # the plugin's own message, e.g. "the loss is not finite at step 3": say whose it is
+        raise type(exc)(f"{kind} '{name}': {exc}") from exc
     except KeyboardInterrupt:
         raise
     except Exception as exc:
@@ -79,14 +84,60 @@ def load_cached(path: Path) -> list[Image.Image] | None:
         return None
 
 
-def generate_and_store(
-    generator: Generator, prompts: Sequence[Prompt], context: RunContext, path: Path
-) -> list[Image.Image]:
-    """Call the generator, check what it returned, and cache the images at `path`."""
-    with plugin_call("generator", generator.name, "generate"):
-        images = list(generator.generate(prompts, context))
-    images = check_images(images, prompts, generator.name, context.image_size)
+#: prompts per generation shard: a killed run loses at most one shard's work (≈ 30 min of FLUX.1-dev on an
+#: H100); shards are also the unit that several processes share. DERMABENCH_SHARD_SIZE overrides it.
+SHARD_SIZE = int(os.environ.get("DERMABENCH_SHARD_SIZE", "256"))
+
+
+def _store(path: Path, images: Sequence[Image.Image], prompts: Sequence[Prompt]) -> None:
     buffer = io.BytesIO()
     np.savez(buffer, images=to_uint8_array(images), labels=np.array([p.label for p in prompts]))
     write_bytes_atomic(path, buffer.getvalue())
-    return images
+
+
+def shard_paths(path: Path, n_prompts: int, generator: Generator) -> list[Path]:
+    """Where each shard's images wait until all are done; one shard for generators that are not `per_prompt`."""
+    n_shards = -(-n_prompts // SHARD_SIZE) if generator.per_prompt else 1
+    return [path.with_name(f"{path.stem}.shard{i:04d}-of-{n_shards:04d}.npz") for i in range(n_shards)]
+
+
+def pending_shards(path: Path, n_prompts: int, generator: Generator) -> int:
+    return sum(not shard.is_file() for shard in shard_paths(path, n_prompts, generator))
+
+
+def generate_and_store(
+    generator: Generator,
+    prompts: Sequence[Prompt],
+    context: RunContext,
+    path: Path,
+    processes: Processes | None = None,
+) -> list[Image.Image]:
+    """Call the generator shard by shard, check what it returned, and cache the images at `path`.
+
+    Finished shards are kept until the whole set is stored, so a killed run resumes at the first
+    missing shard; per-prompt seeds make the result the same as one uninterrupted call. With several
+    `processes`, each generates its share of the shards and process 0 stores the whole set.
+    """
+    processes = processes or Processes()
+    shards = shard_paths(path, len(prompts), generator)
+    size = -(-len(prompts) // len(shards)) if shards else 0
+    parts = [prompts[index * size : (index + 1) * size] for index in range(len(shards))]
+    for index, (shard, part) in enumerate(zip(shards, parts)):
+        if not processes.owns(index):
+            continue
+        done = load_cached(shard)
+        if done is None or len(done) != len(part):
+            with plugin_call("generator", generator.name, "generate"):
+                done = list(generator.generate(part, context))
+            done = check_images(done, part, generator.name, context.image_size)
+            _store(shard, done, part)
+    processes.wait()
+    if processes.main:
+        images = [image for shard in shards for image in (load_cached(shard) or [])]
+        if len(images) != len(prompts):
+            raise DermabenchError(f"generation shards in {path.parent} are incomplete: {len(images)} images")
+        _store(path, images, prompts)
+        for shard in shards:
+            shard.unlink(missing_ok=True)
+    processes.wait()
+    return load_cached(path) if not processes.main else images

@@ -36,11 +36,16 @@ from dermabench.near_duplicates import find_near_duplicates
 from dermabench.prompts import make_prompts
 from dermabench.results import PROTOCOL, RESULT_FILE, SCHEMA_VERSION, environment, git_commit, write_json_atomic
 from dermabench.splits import group_of, load_or_make_split
+from dermabench.processes import Processes
+from dermabench.processes import current as current_processes
+from dermabench.stages import RunLock, Stages
 
 
-def resolve_device(device: str) -> str:
+def resolve_device(device: str, processes: Processes | None = None) -> str:
     if device != "auto":
         return device
+    if processes is not None and processes.device:
+        return processes.device  # each process its own GPU
     import torch
 
     return "cuda" if torch.cuda.is_available() else "cpu"
@@ -53,14 +58,24 @@ def options_hash(options: dict) -> str:
 class Run:
     """One run of the protocol for one RunConfig, writing into `<out>/<run_id>/`."""
 
-    def __init__(self, config: RunConfig, progress: Progress | None = None) -> None:
+    def __init__(self, config: RunConfig, progress: Progress | None = None, force: bool = False) -> None:
         self.config = config
-        self.progress = progress or Progress()
-        self.device = resolve_device(config.device)
+        #: the processes this run is spread over (one, unless launched by accelerate/torchrun)
+        self.processes = current_processes()
+        # one voice: only process 0 reports progress
+        self.progress = (progress or Progress()) if self.processes.main else Progress()
+        self.device = resolve_device(config.device, self.processes)
         self.out = Path(config.out)
         self.cache = self.out / ".cache"
         self.run_id = f"{config.dataset}_{config.generator}_{config.classifier}_{config.profile}_{config.fingerprint()}"
+        if force:  # a new run beside the existing one(s): <run_id>-2, -3, ...
+            base, number = self.run_id, 2
+            while (self.out / self.run_id).exists():
+                self.run_id, number = f"{base}-{number}", number + 1
         self.run_dir = self.out / self.run_id
+        self.stages = Stages(self.run_dir)
+        #: True when execute() found the run finished before and only reported it
+        self.already_finished = False
         self.timings: dict[str, float] = dict.fromkeys(("fit_generator", "generate", "fidelity", "classify"), 0.0)
         self.plugin_info: dict[str, dict[str, str]] = {}
 
@@ -131,12 +146,25 @@ class Run:
         return samples, summary
 
     def execute(self) -> Path:
-        """Run every step and write the result; returns the result file's path."""
-        config = self.config
+        """Run every unfinished step and write the result; returns the result file's path.
+
+        A finished run is reported, not redone; an unfinished one resumes from its stage records.
+        """
         result_path = self.run_dir / RESULT_FILE
-        if result_path.exists():
-            raise DermabenchError(f"run {self.run_id} already finished: {result_path} (use --force for a new run)")
-        self.run_dir.mkdir(parents=True, exist_ok=True)
+        if not result_path.exists():
+            if not self.processes.main:  # process 0 holds the lock for the group
+                return self._execute(result_path)
+            with RunLock(self.run_dir):
+                if not result_path.exists():  # another process may have finished it while we waited
+                    return self._execute(result_path)
+        self.already_finished = True
+        self.progress.log(f"run {self.run_id} already finished: {result_path} (--force starts a new run beside it)")
+        return result_path
+
+    def _execute(self, result_path: Path) -> Path:
+        config = self.config
+        if self.stages.folder.is_dir():
+            self.progress.log(f"resuming run {self.run_id}")
         start = time.perf_counter()
         created = datetime.now(timezone.utc).isoformat(timespec="seconds")
 
@@ -192,10 +220,15 @@ class Run:
         # 3. captions for the train pool
         with self.timed("captions"):
             captioner = self.instantiate("captioner", config.captioner, dict(config.captioner_options))
-            with plugin_call("captioner", config.captioner, "caption"):
-                captions = captioner.caption(train_pool, self.context("captioner", config.captioner, {}))
-            if len(captions) != len(train_pool):
-                raise DermabenchError(f"captioner '{config.captioner}' returned {len(captions)} captions")
+            caption_inputs = {"captioner": self.plugin_info["captioner"], "options": dict(config.captioner_options),
+                              "images": [s.meta["image_id"] for s in train_pool]}  # fmt: skip
+            captions = self.stages.load("captions", caption_inputs)
+            if captions is None:
+                with plugin_call("captioner", config.captioner, "caption"):
+                    captions = list(captioner.caption(train_pool, self.context("captioner", config.captioner, {})))
+                if len(captions) != len(train_pool):
+                    raise DermabenchError(f"captioner '{config.captioner}' returned {len(captions)} captions")
+                self.stages.save("captions", caption_inputs, captions)
             train_pool = [replace(s, caption=c) for s, c in zip(train_pool, captions)]
 
         # 4–5. fit the generator on the train pool, then generate from prompts
@@ -212,16 +245,27 @@ class Run:
             "train_pool": sorted(s.meta["image_id"] for s in train_pool),
         }
         cached_at = generation.cache_path(generator, prompts, generator_context, self.cache / "generated", key_parts)
+        self.processes.wait()  # every process decides on the same cache state
         images = generation.load_cached(cached_at)
         if images is not None:
             # fitting only serves generation; with every image cached there is nothing to fit for
             self.progress.log(f"{len(images)} synthetic images from the cache")
         else:
+            pending = generation.pending_shards(cached_at, len(prompts), generator)
+            total = len(generation.shard_paths(cached_at, len(prompts), generator))
+            if pending < total:
+                self.progress.log(f"generation resumes: {total - pending} of {total} shards are done")
             with self.timed("fit_generator"):
-                with plugin_call("generator", config.generator, "fit"):
-                    generator.fit(train_pool, generator_context)
+                # process 0 fits first; the others then fit too, reusing what it left in the shared work_dir
+                for turn in ("main", "others"):
+                    if (turn == "main") == self.processes.main:
+                        with plugin_call("generator", config.generator, "fit"):
+                            generator.fit(train_pool, generator_context)
+                    self.processes.wait()
             with self.timed("generate"):
-                images = generation.generate_and_store(generator, prompts, generator_context, cached_at)
+                images = generation.generate_and_store(
+                    generator, prompts, generator_context, cached_at, self.processes
+                )
         synthetic = [
             Sample(
                 image=image,
@@ -232,23 +276,42 @@ class Run:
             for i, (image, p) in enumerate(zip(images, prompts))
         ]
 
+        if not self.processes.main:  # the rest is process 0's, but for its share of the arms
+            arms = build_arms(self, train_pool, synthetic)
+            stage_inputs = {"val": [s.meta["image_id"] for s in val], "test": [s.meta["image_id"] for s in test],
+                            "synthetic": cached_at.name}  # fmt: skip
+            seeds = list(range(config.seed, config.seed + config.seeds))
+            train_arms(self, arms, val, test, seeds, stage_inputs)
+            self.processes.wait()  # until process 0 wrote the result
+            return result_path
+
         # 6. fidelity and memorization
         with self.timed("fidelity"):
             extractor_options = dict(config.extractor_options)
             extractor = self.instantiate("extractor", config.extractor, extractor_options)
             extractor_context = self.context("extractor", config.extractor, extractor_options)
-            fidelity, memorization, closest_pairs = fidelity_and_memorization(
-                extractor, extractor_context, train_pool, test, synthetic, config.seed, self.progress,
-                cache_dir=self.cache / "features",
-            )
-            fidelity["resize"] = RESIZE_METHOD
-        self.save_grids(train_pool, synthetic, closest_pairs)
+            fidelity_inputs = {"extractor": self.plugin_info["extractor"], "options": extractor_options,
+                               "train_pool": [s.meta["image_id"] for s in train_pool],
+                               "test": [s.meta["image_id"] for s in test], "synthetic": cached_at.name}  # fmt: skip
+            stored = self.stages.load("fidelity", fidelity_inputs)
+            if stored is not None and (self.run_dir / "samples.png").is_file():
+                fidelity, memorization = stored["fidelity"], stored["memorization"]
+            else:
+                fidelity, memorization, closest_pairs = fidelity_and_memorization(
+                    extractor, extractor_context, train_pool, test, synthetic, config.seed, self.progress,
+                    cache_dir=self.cache / "features",
+                )
+                fidelity["resize"] = RESIZE_METHOD
+                self.save_grids(train_pool, synthetic, closest_pairs)
+                self.stages.save("fidelity", fidelity_inputs, {"fidelity": fidelity, "memorization": memorization})
 
         # 7. arms × seeds, one shared real test set
         with self.timed("classify"):
             arms = build_arms(self, train_pool, synthetic)
             seeds = list(range(config.seed, config.seed + config.seeds))
-            probabilities = train_arms(self, arms, val, test, seeds)
+            stage_inputs = {"val": [s.meta["image_id"] for s in val], "test": [s.meta["image_id"] for s in test],
+                            "synthetic": cached_at.name}  # fmt: skip
+            probabilities = train_arms(self, arms, val, test, seeds, stage_inputs)
 
         # 8. metrics with lesion-grouped bootstrap CIs and paired deltas vs `real`
         with self.timed("metrics"):
@@ -312,9 +375,12 @@ class Run:
             "arms": arm_metrics,
             "subgroups": subgroups,
             "timings_s": {key: round(value, 3) for key, value in self.timings.items()},
+            "resumed_stages": self.stages.reused,
             "environment": environment(self.device),
         }
-        return write_json_atomic(result_path, result, overwrite=False)
+        written = write_json_atomic(result_path, result, overwrite=False)
+        self.processes.wait()
+        return written
 
     def save_grids(self, train_pool: Sequence[Sample], synthetic: Sequence[Sample], closest_pairs) -> None:
         rows = []
@@ -330,6 +396,9 @@ def _prevalence(samples: Sequence[Sample]) -> float:
     return round(sum(s.label for s in samples) / max(len(samples), 1), 4)
 
 
-def run(config: RunConfig, progress: Progress | None = None) -> Path:
-    """Run the protocol for `config`; returns the path of the result JSON."""
-    return Run(config, progress).execute()
+def run(config: RunConfig, progress: Progress | None = None, force: bool = False) -> Path:
+    """Run (or resume) the protocol for `config`; returns the path of the result JSON.
+
+    A run that finished before is reported, not redone; `force` starts a new run beside it.
+    """
+    return Run(config, progress, force=force).execute()

@@ -43,6 +43,8 @@ class FolderGenerator(dermabench.Generator):
 
     name = "folder"
     description = "pre-generated images from a folder (benign/ + malignant/ subfolders, or a labels CSV)"
+    #: images are dealt out in call order, so the host asks for all of them in one call
+    per_prompt = False
 
     option_specs: ClassVar[dict[str, Option]] = {
         "path": Option("str", None, "the folder of images", required=True),

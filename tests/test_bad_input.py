@@ -659,10 +659,7 @@ REFUSED = [
         r"^classifier 'vit': .*/junk\.safetensors is not a readable safetensors file: "),
     Row("checkpoint-pickled-extractor-weights", pickled_extractor_weights,
         r"^extractor 'inception': cannot load .*/full\.pth as a plain tensor state dict \(loaded with "
-        r"weights_only=True.*NotATensor",
-        xfail="plugins/extractor_support.py load_state_dict_file quotes the first line of torch's message, which "
-              "has terminal escape codes and tells the user how to load the file anyway; use "
-              "dermabench.errors.weights_only_refusal(exc) as timm_classifiers.load_checkpoint does"),
+        r"weights_only=True.*NotATensor"),
     Row("checkpoint-pickled-lora", pickled_lora,
         r"^generator 'dermaflux': LoRA files are loaded only as \.safetensors \(no pickles\), got lora\.pt$"),
     Row("checkpoint-pickled-resume-state", pickled_resume_checkpoint,

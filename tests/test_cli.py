@@ -85,18 +85,36 @@ def test_folder_generator_run_then_leaderboard(tmp_path):
         sample.image.save(sub / f"{counts[sample.label]:04d}.png")
         counts[sample.label] += 1
     out = tmp_path / "results"
-    result = invoke("run", "--profile", "smoke", "--generator", "folder", "--generator-opt", f"path={folder}",
-                    "--n-synthetic", 80, "--out", out, "--quiet")  # fmt: skip
+    # two generators in one command: `folder.path` goes to folder only
+    result = invoke("run", "--profile", "smoke", "--generator", "folder", "--generator", "augment",
+                    "--generator-opt", f"folder.path={folder}", "--n-synthetic", 80, "--out", out, "--quiet")  # fmt: skip
     assert result.exit_code == 0, result.output
-    assert "| 1 | folder | cnn |" in result.stdout
-    [result_file] = out.rglob("result.json")
-    saved = json.loads(result_file.read_text())
-    assert saved["arms"]["synthetic"]["n_synthetic"] == 80
-    assert saved["config"]["generator_options"] == {"path": str(folder)}
+    assert "folder | cnn |" in result.stdout and "augment | cnn |" in result.stdout
+    saved = {}
+    for result_file in out.rglob("result.json"):
+        one = json.loads(result_file.read_text())
+        saved[one["config"]["generator"]] = one
+        predictions = json.loads((result_file.parent / "predictions.json").read_text())
+        saved[one["config"]["generator"]]["test_ids"] = predictions["image_id"]
+    assert set(saved) == {"folder", "augment"}
+    assert saved["folder"]["arms"]["synthetic"]["n_synthetic"] == 80
+    assert saved["folder"]["config"]["generator_options"] == {"path": str(folder)}
+    assert saved["augment"]["config"]["generator_options"] == {}
+    # the same real test set and real arm for both: only the synthetic images differ
+    assert saved["folder"]["test_ids"] == saved["augment"]["test_ids"]
+    assert saved["folder"]["arms"]["real"]["auc"] == saved["augment"]["arms"]["real"]["auc"]
 
     table = invoke("leaderboard", out, "--format", "json")
     assert table.exit_code == 0
     [group] = json.loads(table.stdout)
-    [row] = group["rows"]
-    assert row["auc[real+synthetic]"] == saved["arms"]["real+synthetic"]["auc"]
-    assert row["fid"] == saved["fidelity"]["fid"]
+    rows = {row["generator"]: row for row in group["rows"]}
+    assert set(rows) == {"folder", "augment"}
+    for name, one in saved.items():
+        assert rows[name]["auc[real+synthetic]"] == one["arms"]["real+synthetic"]["auc"]
+        assert rows[name]["fid"] == one["fidelity"]["fid"]
+
+
+def test_a_generator_option_for_a_generator_not_in_the_run_is_an_error():
+    result = invoke("run", "--profile", "smoke", "--generator", "augment", "--generator-opt", "folder.path=x")
+    assert result.exit_code == 2
+    assert "--generator-opt folder.path: 'folder' is not one of the --generator names ['augment']" in result.stderr

@@ -9,7 +9,7 @@ import dermabench
 from dermabench import plugins
 from dermabench.config import build_config
 from dermabench.errors import DermabenchError, PluginError
-from dermabench.protocol import run
+from dermabench.protocol import Run, run
 from dermabench.results import validate_result
 
 
@@ -77,11 +77,12 @@ def test_same_seed_same_metrics_in_a_fresh_folder(smoke_run, tmp_path):
     assert second["fidelity"]["fid"] == first["fidelity"]["fid"]
 
 
-def test_finished_run_is_never_overwritten(smoke_run):
+def test_a_finished_run_is_reported_never_redone_or_overwritten(smoke_run, monkeypatch):
     path, _ = smoke_run
     before = path.read_bytes()
-    with pytest.raises(DermabenchError, match="already finished"):
-        run(build_config(profile="smoke", out=str(path.parent.parent)))
+    monkeypatch.setattr("dermabench.protocol.Run._execute", lambda *a: pytest.fail("a finished run was redone"))
+    again = Run(build_config(profile="smoke", out=str(path.parent.parent)))
+    assert again.execute() == path and again.already_finished
     assert path.read_bytes() == before
 
 

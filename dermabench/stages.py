@@ -1,0 +1,99 @@
+"""Finished protocol stages of one run, each stored with a hash of its inputs, so a killed run resumes.
+
+A stage's record is `<run_dir>/stages/<name>.json`: the hash of everything the
+stage read and what it produced. Starting the same command again (same `--out`)
+reuses every record whose inputs hash still matches and recomputes the rest; a
+record whose inputs changed is ignored, never trusted. Records are written
+atomically, so a run killed mid-write leaves either the old state or the new one.
+
+Long stages with their own state resume inside the stage instead: generation in
+shards (`generation.py`), generator fine-tuning from its checkpoints (the
+generator's `work_dir`).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from dermabench.errors import DermabenchError
+from dermabench.results import write_json_atomic
+
+
+def inputs_hash(inputs: Any) -> str:
+    return hashlib.sha256(json.dumps(inputs, sort_keys=True, default=str).encode()).hexdigest()
+
+
+class Stages:
+    """The records of one run's finished stages."""
+
+    def __init__(self, run_dir: Path) -> None:
+        self.folder = Path(run_dir) / "stages"
+        self.reused: list[str] = []
+
+    def _path(self, name: str) -> Path:
+        return self.folder / f"{name.replace('+', '-').replace('/', '-')}.json"
+
+    def load(self, name: str, inputs: Any, reuse: bool = True) -> Any | None:
+        """The stored output of `name` if it finished with these inputs, else None.
+
+        `reuse=False`: reading back what this run just wrote, not resuming (not counted in `reused`).
+        """
+        path = self._path(name)
+        if not path.is_file():
+            return None
+        try:
+            record = json.loads(path.read_text())
+        except (OSError, ValueError):
+            return None  # a damaged record is recomputed
+        if record.get("inputs") != inputs_hash(inputs):
+            return None
+        if reuse:
+            self.reused.append(name)
+        return record["output"]
+
+    def save(self, name: str, inputs: Any, output: Any) -> Any:
+        write_json_atomic(self._path(name), {"stage": name, "inputs": inputs_hash(inputs), "output": output})
+        return output
+
+
+class RunLock:
+    """An exclusive lock on a run folder: one process works on a run at a time.
+
+    A second process starting the same run gets a clear error instead of both writing
+    the same stages. The lock is the kernel's (flock): a killed process releases it.
+    """
+
+    def __init__(self, run_dir: Path) -> None:
+        self.path = Path(run_dir) / ".lock"
+        self.handle = None
+
+    def __enter__(self) -> RunLock:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        handle = open(self.path, "a+")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            handle.close()
+            raise DermabenchError(
+                f"run {self.path.parent.name} is in progress in {holder}; wait for it, or use --force for a "
+                "separate run"
+            ) from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"process {os.getpid()}")
+        handle.flush()
+        self.handle = handle
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.handle is not None:
+            fcntl.flock(self.handle, fcntl.LOCK_UN)
+            self.handle.close()
+            self.handle = None

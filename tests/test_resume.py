@@ -1,0 +1,200 @@
+"""Nothing lost, nothing redone: stage records, generation shards, --force, the run lock, SIGKILL and resume."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import dermabench
+from dermabench import generation
+from dermabench.api import Prompt, RunContext
+from dermabench.config import build_config
+from dermabench.errors import DermabenchError, PluginError
+from dermabench.protocol import Run, run
+from dermabench.stages import RunLock, Stages
+
+#: what may differ between an interrupted-and-resumed run and an uninterrupted one
+VOLATILE = ("created", "timings_s", "resumed_stages", "environment", "run_id", "git_commit")
+
+
+def comparable(result: dict) -> dict:
+    kept = {key: value for key, value in result.items() if key not in VOLATILE}
+    kept["config"] = {key: value for key, value in result["config"].items() if key != "out"}
+    return kept
+
+
+def smoke(out: Path, **flags):
+    return build_config(profile="smoke", out=str(out), **flags)
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """An uninterrupted smoke run."""
+    path = run(smoke(tmp_path_factory.mktemp("reference")))
+    return json.loads(path.read_text())
+
+
+# --------------------------------------------------------------------------- stage records
+
+
+def test_a_stage_record_is_reused_only_for_the_same_inputs(tmp_path):
+    stages = Stages(tmp_path)
+    assert stages.load("captions", {"images": [1, 2]}) is None
+    stages.save("captions", {"images": [1, 2]}, ["a", "b"])
+    assert stages.load("captions", {"images": [1, 2]}) == ["a", "b"]
+    assert stages.load("captions", {"images": [1, 3]}) is None  # other inputs: recomputed, never trusted
+    (tmp_path / "stages" / "captions.json").write_text("{ half written")
+    assert stages.load("captions", {"images": [1, 2]}) is None
+    assert stages.reused == ["captions"]
+
+
+def test_an_interrupted_run_resumes_and_ends_with_the_same_result(reference, tmp_path, monkeypatch):
+    """The classifier dies in the last arm; the second attempt reuses captions, fidelity and the finished arms."""
+    from dermabench_plugins.cnn import CNNClassifier
+
+    calls = []
+    original_fit = CNNClassifier.fit
+
+    def dying_fit(self, train, val, context):
+        calls.append(len(train))
+        if len(calls) == 3:  # real, real+synthetic, then synthetic: killed
+            raise KeyboardInterrupt
+        return original_fit(self, train, val, context)
+
+    monkeypatch.setattr(CNNClassifier, "fit", dying_fit)
+    with pytest.raises(KeyboardInterrupt):
+        run(smoke(tmp_path))
+    assert not list(tmp_path.rglob("result.json"))
+    monkeypatch.setattr(CNNClassifier, "fit", original_fit)
+    resumed = json.loads(run(smoke(tmp_path)).read_text())
+    assert set(resumed["resumed_stages"]) == {"captions", "fidelity", "arm-real-seed0", "arm-real+synthetic-seed0"}
+    assert resumed["timings_s"]["generate"] == 0.0
+    assert comparable(resumed) == comparable(reference)
+
+
+def test_force_starts_a_new_run_beside_a_finished_one(tmp_path):
+    first = run(smoke(tmp_path, arms="real,synthetic"))
+    before = first.read_bytes()
+    second = run(smoke(tmp_path, arms="real,synthetic"), force=True)
+    assert second.parent.name == first.parent.name + "-2"
+    assert first.read_bytes() == before
+    one, two = json.loads(first.read_text()), json.loads(second.read_text())
+    assert comparable(one) == comparable(two)  # recomputed in its own folder, deterministically
+
+
+def test_a_run_in_progress_is_locked(tmp_path):
+    config = smoke(tmp_path)
+    busy = Run(config)
+    with RunLock(busy.run_dir), pytest.raises(DermabenchError, match=r"is in progress in process \d+"):
+        Run(config).execute()
+    assert not list(tmp_path.rglob("result.json"))
+
+
+# --------------------------------------------------------------------------- generation shards
+
+
+class Counting(dermabench.Generator):
+    """A per-prompt generator (an image is its seed) that can be told to die after some calls."""
+
+    name = "counting"
+
+    def __init__(self, die_after: int | None = None):
+        super().__init__()
+        self.calls: list[int] = []
+        self.die_after = die_after
+
+    def generate(self, prompts, context):
+        if self.die_after is not None and len(self.calls) == self.die_after:
+            raise RuntimeError("killed")
+        self.calls.append(len(prompts))
+        return [Image.new("RGB", (8, 8), (p.seed % 256, p.label * 200, 7)) for p in prompts]
+
+
+def test_generation_resumes_at_the_first_missing_shard(tmp_path, monkeypatch):
+    monkeypatch.setattr(generation, "SHARD_SIZE", 4)
+    prompts = [Prompt(f"p{i}", i % 2, 1000 + i) for i in range(10)]
+    context = RunContext(image_size=8, work_dir=tmp_path)
+    path = tmp_path / "images.npz"
+    with pytest.raises(PluginError, match="killed"):
+        generation.generate_and_store(Counting(die_after=2), prompts, context, path)
+    assert generation.pending_shards(path, len(prompts), Counting()) == 1 and not path.exists()
+    resumed = Counting()
+    images = generation.generate_and_store(resumed, prompts, context, path)
+    assert resumed.calls == [2]  # only the last shard (prompts 8 and 9)
+    whole = generation.generate_and_store(Counting(), prompts, context, tmp_path / "whole.npz")
+    assert [np.asarray(a).tolist() for a in images] == [np.asarray(b).tolist() for b in whole]
+    assert not list(tmp_path.glob("*.shard*"))  # shards are removed once the set is stored
+
+
+def test_a_generator_that_deals_images_in_order_gets_one_call(tmp_path, monkeypatch):
+    monkeypatch.setattr(generation, "SHARD_SIZE", 4)
+
+    class InOrder(Counting):
+        per_prompt = False
+
+    generator = InOrder()
+    generation.generate_and_store(generator, [Prompt("p", 0, i) for i in range(10)], RunContext(image_size=8),
+                                  tmp_path / "x.npz")  # fmt: skip
+    assert generator.calls == [10]
+
+
+# --------------------------------------------------------------------------- SIGKILL, resume, two runs at once
+
+
+def dermabench_run(out: Path, *flags: str) -> subprocess.Popen:
+    command = [sys.executable, "-m", "dermabench", "run", "--profile", "smoke", "--out", str(out), *flags]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+
+
+def kill_when(out: Path, marker: str) -> str:
+    """Start a smoke run, SIGKILL it as soon as it prints `marker`; returns what it printed."""
+    process = dermabench_run(out, "--verbose")
+    seen = []
+    for line in process.stdout:
+        seen.append(line)
+        if marker in line:
+            process.send_signal(signal.SIGKILL)
+            break
+    process.wait(timeout=600)
+    rest = process.stdout.read()
+    assert process.returncode == -signal.SIGKILL, "".join(seen) + rest
+    return "".join(seen)
+
+
+def test_sigkill_at_several_stages_then_resume_equals_an_uninterrupted_run(tmp_path):
+    # the reference runs the same way (a process with one thread): classifiers are bit-identical per thread count
+    uninterrupted = dermabench_run(tmp_path / "reference")
+    output, _ = uninterrupted.communicate(timeout=900)
+    assert uninterrupted.returncode == 0, output
+    [path] = (tmp_path / "reference").rglob("result.json")
+    reference = json.loads(path.read_text())
+    out = tmp_path / "results"
+    kill_when(out, "step: captions")  # loaded and split
+    kill_when(out, "step: fidelity")  # captioned, generated
+    log = kill_when(out, "arm real+synthetic, seed 0")  # fidelity and the real arm done
+    assert "resuming run" in log
+    finished = dermabench_run(out)
+    output, _ = finished.communicate(timeout=900)
+    assert finished.returncode == 0, output
+    [path] = out.rglob("result.json")
+    resumed = json.loads(path.read_text())
+    assert {"captions", "fidelity", "arm-real-seed0"} <= set(resumed["resumed_stages"])
+    assert comparable(resumed) == comparable(reference)
+
+
+def test_two_runs_into_one_folder_at_once_both_finish(tmp_path):
+    out = tmp_path / "results"
+    runs = [dermabench_run(out, "--seed", str(seed), "--arms", "real,synthetic", "--quiet") for seed in (1, 2)]
+    outputs = [process.communicate(timeout=900)[0] for process in runs]
+    assert [process.returncode for process in runs] == [0, 0], outputs
+    results = [json.loads(path.read_text()) for path in sorted(out.rglob("result.json"))]
+    assert sorted(r["config"]["seed"] for r in results) == [1, 2]
