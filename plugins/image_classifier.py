@@ -55,18 +55,29 @@ Everything else is here, identical for every arm and seed:
   of the host is left untouched (`torch.random.fork_rng`). The same seed gives
   bit-identical probabilities on the same machine and thread count.
 * A non-finite loss raises `PluginError` naming the step (lower `lr`).
+* **Resume.** At the end of an epoch, when `checkpoint_minutes` passed since the last
+  save, the whole training state (model, optimizer, schedule, best state, history,
+  every RNG and the rest of the current shuffled pass) is saved to
+  `context.work_dir/fit-checkpoint.pt`, keyed by a hash of the data, settings and
+  seed. A fit killed after that continues after the saved epoch and ends with the
+  same weights as an uninterrupted one; the file goes once the fit is done.
 
 Common options (strings from the command line are coerced): `epochs`, `epoch_size`,
 `steps`, `batch_size`, `lr`, `weight_decay`, `warmup`, `patience`, `balance`,
-`augment`, `crop_scale`, `label_smoothing`, `eval_batch_size`, `amp`. See `TorchImageClassifier.option_specs`.
+`augment`, `crop_scale`, `label_smoothing`, `eval_batch_size`, `amp`, `checkpoint_minutes`.
+See `TorchImageClassifier.option_specs`.
 """
 
 from __future__ import annotations
 
 import copy
+import hashlib
+import json
 import math
+import os
 import time
 from collections.abc import Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
@@ -187,6 +198,67 @@ def resolve_device(device: str) -> str:
     return device
 
 
+# --------------------------------------------------------------------------- batches and checkpoints
+
+CHECKPOINT_FILE = "fit-checkpoint.pt"
+
+
+class BatchIndices:
+    """Index tensors of `batch_size`: successive shuffled passes, or class-balanced draws with replacement.
+
+    Its state (the generator's and the unused rest of the current pass) goes into checkpoints, so a
+    resumed fit sees exactly the batches an uninterrupted one would.
+    """
+
+    def __init__(self, n: int, batch_size: int, sample_weights, generator) -> None:
+        import torch
+
+        self.n, self.batch_size, self.weights, self.generator = n, batch_size, sample_weights, generator
+        self.pool = torch.empty(0, dtype=torch.long)
+
+    def __next__(self):
+        import torch
+
+        if self.weights is not None:
+            return torch.multinomial(self.weights, self.batch_size, replacement=True, generator=self.generator)
+        while len(self.pool) < self.batch_size:
+            self.pool = torch.cat([self.pool, torch.randperm(self.n, generator=self.generator)])
+        batch, self.pool = self.pool[: self.batch_size], self.pool[self.batch_size :]
+        return batch
+
+    def state(self) -> dict[str, Any]:
+        return {"rng": self.generator.get_state(), "pool": self.pool.clone()}
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        self.generator.set_state(state["rng"])
+        self.pool = state["pool"]
+
+
+def _save_checkpoint(path: Path, state: dict[str, Any]) -> None:
+    import torch
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
+    with open(tmp, "wb") as handle:
+        torch.save(state, handle)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+
+
+def _load_checkpoint(path: Path, fingerprint: str) -> dict[str, Any] | None:
+    """The checkpoint at `path` if it was made from the same data and settings (tensors only: weights_only)."""
+    import torch
+
+    if not path.is_file():
+        return None
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:  # noqa: BLE001 - a damaged or foreign checkpoint is ignored and training starts over
+        return None
+    return state if isinstance(state, dict) and state.get("fingerprint") == fingerprint else None
+
+
 # --------------------------------------------------------------------------- the classifier
 
 
@@ -233,6 +305,8 @@ class TorchImageClassifier(dermabench.Classifier):
                                   max_inclusive=False),
         "eval_batch_size": Option("int", 256, "batch size for validation and prediction", min=1),
         "amp": Option("bool", True, "bfloat16 autocast on CUDA (ignored on other devices)"),
+        "checkpoint_minutes": Option("float", 10.0, "save a resumable checkpoint at the end of an epoch when this "
+                                     "many minutes passed since the last one (0 = every epoch)", min=0),
     }
 
     def __init__(self, **options: Any) -> None:
@@ -240,6 +314,10 @@ class TorchImageClassifier(dermabench.Classifier):
         self.config = parse_options(f"classifier '{self.name}'", options, self.option_specs)
         self.model_: torch.nn.Module | None = None
         self.history: list[dict[str, Any]] = []
+        #: stop (raising InterruptedError) after this epoch's checkpoint; tests simulate a killed fit with it
+        self.stop_after_epoch: int | None = None
+        #: the epoch a fit resumed after (0: started from scratch)
+        self.resumed_after_epoch_ = 0
 
     # -- for subclasses -------------------------------------------------------
 
@@ -348,7 +426,7 @@ class TorchImageClassifier(dermabench.Classifier):
                 return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
             scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor)
-            batches = self._batch_indices(n, total, data_gen)
+            batches = BatchIndices(n, cfg["batch_size"], self.sample_weights_, data_gen)
             mean = torch.tensor(self.mean, device=device).view(1, 3, 1, 1)
             std = torch.tensor(self.std, device=device).view(1, 3, 1, 1)
 
@@ -356,8 +434,26 @@ class TorchImageClassifier(dermabench.Classifier):
             best_score, best_state = -math.inf, None
             self.best_epoch_, self.best_step_, self.best_score_ = 0, 0, float("nan")
             self.stopped_early_ = False
-            stale, step = 0, 0
-            for epoch in context.progress.track(range(1, n_epochs + 1), f"training {self.name}", total=n_epochs):
+            stale, step, first_epoch = 0, 0, 1
+            checkpoint = Path(context.work_dir) / CHECKPOINT_FILE
+            fingerprint = self._fingerprint(x_train, labels, x_val, y_val, context)
+            saved = _load_checkpoint(checkpoint, fingerprint)
+            if saved is not None:  # a killed fit of the same data and settings: continue after its last epoch
+                model.load_state_dict(saved["model"])
+                optimizer.load_state_dict(saved["optimizer"])
+                scheduler.load_state_dict(saved["scheduler"])
+                batches.load_state(saved["batches"])
+                aug_gen.set_state(saved["augment_rng"])
+                torch.set_rng_state(saved["torch_rng"])
+                best_state, best_score, stale, step = saved["best_state"], saved["best_score"], saved["stale"], saved["step"]
+                self.best_epoch_, self.best_step_, self.best_score_ = saved["best_epoch"], saved["best_step"], saved["best_score_"]
+                self.history = list(saved["history"])
+                first_epoch = saved["epoch"] + 1
+                context.progress.log(f"{who}: resuming training after epoch {saved['epoch']} ({checkpoint})")
+            self.resumed_after_epoch_ = first_epoch - 1
+            last_save = time.monotonic()
+            epochs = range(first_epoch, n_epochs + 1)
+            for epoch in context.progress.track(epochs, f"training {self.name}", total=len(epochs)):
                 self.train_mode(model)
                 losses = []
                 for _ in range(min(per_epoch, total - step)):
@@ -411,7 +507,20 @@ class TorchImageClassifier(dermabench.Classifier):
                 if cfg["patience"] and stale >= cfg["patience"] and step < total:
                     self.stopped_early_ = True
                     break
+                if epoch < n_epochs and time.monotonic() - last_save >= 60 * cfg["checkpoint_minutes"]:
+                    _save_checkpoint(checkpoint, {
+                        "fingerprint": fingerprint, "epoch": epoch, "step": step, "stale": stale,
+                        "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                        "scheduler": scheduler.state_dict(), "batches": batches.state(),
+                        "augment_rng": aug_gen.get_state(), "torch_rng": torch.get_rng_state(),
+                        "best_state": best_state, "best_score": best_score, "best_epoch": self.best_epoch_,
+                        "best_step": self.best_step_, "best_score_": self.best_score_, "history": self.history,
+                    })  # fmt: skip
+                    last_save = time.monotonic()
+                    if self.stop_after_epoch == epoch:
+                        raise InterruptedError(f"{who}: stopped after epoch {epoch} (stop_after_epoch)")
             model.load_state_dict(best_state)
+            checkpoint.unlink(missing_ok=True)
             model.eval()
         for record in self.history:
             record["selected"] = record["epoch"] == self.best_epoch_
@@ -422,21 +531,14 @@ class TorchImageClassifier(dermabench.Classifier):
         if self.selection_metric_ == "none":
             self.best_score_ = float("nan")
 
-    def _batch_indices(self, n: int, total: int, generator: torch.Generator):
-        """Index tensors of `batch_size`: successive shuffled passes, or class-balanced draws with replacement."""
-        import torch
-
-        bs = self.config["batch_size"]
-        if self.sample_weights_ is not None:
-            for _ in range(total):
-                yield torch.multinomial(self.sample_weights_, bs, replacement=True, generator=generator)
-            return
-        pool = torch.empty(0, dtype=torch.long)
-        for _ in range(total):
-            while len(pool) < bs:
-                pool = torch.cat([pool, torch.randperm(n, generator=generator)])
-            yield pool[:bs]
-            pool = pool[bs:]
+    def _fingerprint(self, x_train, labels, x_val, y_val, context: dermabench.RunContext) -> str:
+        """What a checkpoint must have been made from to be resumed: the data, the settings, the seed."""
+        digest = hashlib.sha256()
+        for array in (x_train.numpy(), labels.numpy(), x_val.numpy(), y_val):
+            digest.update(np.ascontiguousarray(array).tobytes())
+        settings = {k: v for k, v in self.config.items() if k != "checkpoint_minutes"}
+        digest.update(json.dumps([self.name, type(self).__name__, settings, context.seed], default=str).encode())
+        return digest.hexdigest()
 
     def _autocast(self, device: str):
         import torch

@@ -11,7 +11,7 @@ import dermabench
 from dermabench.errors import DermabenchError, PluginError
 from dermabench_plugins import cnn
 from dermabench_plugins.cnn import CNNClassifier
-from dermabench_plugins.image_classifier import Option, TorchImageClassifier, parse_options, roc_auc
+from dermabench_plugins.image_classifier import BatchIndices, Option, TorchImageClassifier, parse_options, roc_auc
 
 SIZE = 32
 #: tiny, fast settings: 4 nominal epochs × 8 steps of 32 images
@@ -219,11 +219,11 @@ def test_class_balance_options(data):
     # each class carries half the sampling mass, so batches are balanced on average
     mass = sampler.sample_weights_.numpy()
     assert mass[labels(train) == 1].sum() == pytest.approx(0.5)
-    drawn = torch.cat(list(sampler._batch_indices(n, 200, torch.Generator().manual_seed(0))))
+    balanced = BatchIndices(n, 32, sampler.sample_weights_, torch.Generator().manual_seed(0))
+    drawn = torch.cat([next(balanced) for _ in range(200)])
     assert abs(labels(train)[drawn.numpy()].mean() - 0.5) < 0.03
-    shuffled = CNNClassifier(**FAST)
-    shuffled.sample_weights_ = None
-    epoch = torch.cat(list(shuffled._batch_indices(n, n // 32, torch.Generator().manual_seed(0))))
+    shuffled = BatchIndices(n, 32, None, torch.Generator().manual_seed(0))
+    epoch = torch.cat([next(shuffled) for _ in range(n // 32)])
     assert len(set(epoch.tolist())) == len(epoch)  # plain shuffling: no repeats within a pass
 
 
@@ -277,3 +277,36 @@ def test_default_model_shape_at_64_px():
     assert [c.out_channels for c in convs] == [32, 64, 128, 256]
     assert any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())
     assert any(isinstance(m, torch.nn.Dropout) for m in model.modules())
+
+
+def test_a_killed_fit_resumes_after_its_last_checkpoint_with_the_same_weights(data, tmp_path):
+    def context(folder):
+        return dermabench.RunContext(seed=0, image_size=SIZE, work_dir=tmp_path / folder)
+
+    whole = CNNClassifier(**FAST, checkpoint_minutes=0)
+    whole.fit(data["train"], data["val"], context("whole"))
+    expected = whole.predict_proba(images(data["test"]), context("whole"))
+    assert not (tmp_path / "whole" / "fit-checkpoint.pt").exists()  # removed once the fit is done
+
+    killed = CNNClassifier(**FAST, checkpoint_minutes=0)
+    killed.stop_after_epoch = 2
+    with pytest.raises(InterruptedError, match="stopped after epoch 2"):
+        killed.fit(data["train"], data["val"], context("killed"))
+    assert (tmp_path / "killed" / "fit-checkpoint.pt").is_file()
+
+    # another training set does not resume from this checkpoint
+    other = CNNClassifier(**FAST, checkpoint_minutes=0)
+    other.stop_after_epoch = 1
+    with pytest.raises(InterruptedError):
+        other.fit(data["train"][:200], data["val"], context("killed"))
+    assert other.resumed_after_epoch_ == 0
+
+    killed.stop_after_epoch = 2
+    with pytest.raises(InterruptedError):
+        killed.fit(data["train"], data["val"], context("killed"))  # the checkpoint of the right data again
+    resumed = CNNClassifier(**FAST, checkpoint_minutes=0)
+    resumed.fit(data["train"], data["val"], context("killed"))
+    assert resumed.resumed_after_epoch_ == 2
+    assert np.array_equal(resumed.predict_proba(images(data["test"]), context("killed")), expected)
+    assert [r["train_loss"] for r in resumed.history] == [r["train_loss"] for r in whole.history]
+    assert resumed.best_epoch_ == whole.best_epoch_
