@@ -22,7 +22,7 @@ from dermabench.api import LABEL_NAMES, FeatureExtractor, Progress, RunContext, 
 from dermabench.errors import PluginError
 from dermabench.feature_cache import FeatureCache
 from dermabench.generation import plugin_call
-from dermabench.metrics.fidelity import fid_from_statistics, fid_statistics, fidelity_metrics
+from dermabench.metrics.fidelity import fid_from_statistics, fid_statistics, fidelity_metrics, kid
 from dermabench.metrics.memorization import memorization
 from dermabench.seeding import derive_seed
 
@@ -69,6 +69,9 @@ def compare(real: np.ndarray, synthetic: np.ndarray, floor_real: np.ndarray, see
     numbers["fid_real_floor"] = floor
     numbers["n_real_floor"] = len(floor_real)
     numbers["relative_fid"] = numbers["fid"] / floor if floor > 0 else None
+    # the same subset size as the synthetic KID, so the two read on one scale
+    floor_kid = kid(real, floor_real, subset_size=numbers["kid_subset_size"], seed=seed)
+    numbers["kid_real_floor"], numbers["kid_real_floor_std"] = floor_kid["kid_mean"], floor_kid["kid_std"]
     return numbers
 
 

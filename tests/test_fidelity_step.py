@@ -163,3 +163,6 @@ def test_a_copying_generator_is_flagged_and_a_noise_generator_is_not(tmp_path):
     fidelity, honest, _ = _step(extractor, (train, test, noise), tmp_path, image_size=64)
     assert honest["near_copy_rate"] < 0.1
     assert fidelity["fid"] > 2 * fidelity["fid_real_floor"]
+    # noise is far from real lesions by KID too; real train vs real test is close (same subset size)
+    assert fidelity["kid_mean"] > 5 * max(fidelity["kid_real_floor"], 1e-4)
+    assert fidelity["kid_real_floor_std"] >= 0
