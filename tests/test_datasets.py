@@ -210,12 +210,12 @@ def test_images_option_points_elsewhere(tmp_path):
     assert len(loaded(dataset)) == 2
 
 
-def test_the_load_report_counts_every_problem_exactly(tmp_path):
-    """Broken files of every kind, duplicates, missing images, orphans and unknown dx, all counted."""
-    images = tmp_path / "images"
+def broken_and_odd_folder(root: Path, extra_rows: list[str] = ()) -> Path:
+    """Good JPEGs of both classes, every odd mode, and three broken files, in a HAM-format folder."""
+    images = root / "images"
     rows = []
-    for image_id, dx in [("good_mel", "mel"), ("good_nv", "nv"), ("good_bcc", "bcc")]:
-        jpeg(images / f"{image_id}.jpg")
+    for i, (image_id, dx) in enumerate([("good_mel", "mel"), ("good_nv", "nv"), ("good_bcc", "bcc")]):
+        jpeg(images / f"{image_id}.jpg", color=(40 * i, 90, 200 - 30 * i), size=(30, 20))
         rows.append(f"L_{image_id},{image_id},{dx},histo,50,male,back")
     for mode, path in odd_modes(images).items():
         rows.append(f"L_{mode},{path.stem},nv,histo,50,male,back")
@@ -223,15 +223,24 @@ def test_the_load_report_counts_every_problem_exactly(tmp_path):
     (images / "zero.jpg").write_bytes(b"")
     (images / "text.jpg").write_text("this is not an image\n")
     rows += [f"L_{x},{x},nv,histo,50,male,back" for x in ("truncated", "zero", "text")]
-    rows.append("L_dup,good_mel,mel,histo,50,male,back")  # the same id on a second row
+    write_csv(root / "HAM10000_metadata.csv", HAM_HEADER, rows + list(extra_rows))
+    return root
+
+
+
+def test_the_load_report_counts_every_problem_exactly(tmp_path):
+    """Broken files of every kind, duplicates, missing images, orphans and unknown dx, all counted."""
+    images = tmp_path / "images"
+    broken_and_odd_folder(tmp_path, extra_rows=[
+        "L_dup,good_mel,mel,histo,50,male,back",  # the same id on a second row
+        "L_missing,missing_1,nv,histo,50,male,back",  # a row without an image
+        "L_weird,weird,xyz,histo,50,male,back",  # unknown dx: excluded, never guessed
+    ])  # fmt: skip
     jpeg(images / "other_part" / "good_nv.jpg")  # the same id as a second file
-    rows.append("L_missing,missing_1,nv,histo,50,male,back")  # a row without an image
     jpeg(images / "orphan.jpg")  # an image without a row
     jpeg(images / "weird.jpg")
-    rows.append("L_weird,weird,xyz,histo,50,male,back")  # unknown dx: excluded, never guessed
     (images / ".hidden.jpg").write_bytes(b"")  # dot-files are not images
     (images / "readme.txt").write_text("ignored")
-    write_csv(tmp_path / "HAM10000_metadata.csv", HAM_HEADER, rows)
 
     dataset = HAM10000Dataset(data_dir=str(tmp_path))
     report = dataset.report
@@ -613,23 +622,6 @@ def test_real_ham10000_data_check():
 
 
 # --------------------------------------------------------------------------- the image cache
-
-
-def broken_and_odd_folder(root: Path) -> Path:
-    """Good JPEGs of both classes, every odd mode, and three broken files, in a HAM-format folder."""
-    images = root / "images"
-    rows = []
-    for i, (image_id, dx) in enumerate([("good_mel", "mel"), ("good_nv", "nv"), ("good_bcc", "bcc")]):
-        jpeg(images / f"{image_id}.jpg", color=(40 * i, 90, 200 - 30 * i), size=(30, 20))
-        rows.append(f"L_{image_id},{image_id},{dx},histo,50,male,back")
-    for mode, path in odd_modes(images).items():
-        rows.append(f"L_{mode},{path.stem},nv,histo,50,male,back")
-    truncated_jpeg(images / "truncated.jpg")
-    (images / "zero.jpg").write_bytes(b"")
-    (images / "text.jpg").write_text("this is not an image\n")
-    rows += [f"L_{x},{x},nv,histo,50,male,back" for x in ("truncated", "zero", "text")]
-    write_csv(root / "HAM10000_metadata.csv", HAM_HEADER, rows)
-    return root
 
 
 def normalised(root: Path, size: int, cache: ImageCache | None):
