@@ -6,7 +6,9 @@ seed only) and classifier arm × seed jobs (each seeds its own classifier). Item
 i goes to process i mod N; the processes meet at barriers and exchange results
 through the run's files (generation shards, stage records), so N processes
 produce exactly the images and the result of one. Process 0 does the serial
-parts (fidelity, metrics, the result JSON) and holds the run lock.
+parts (fidelity, metrics, the result JSON) and holds the run lock. The generator's
+`fit` runs in every process at once, so generators that train data-parallel
+themselves (through accelerate) can.
 
 Plain `dermabench run` is one process; nothing here starts a process group then.
 """

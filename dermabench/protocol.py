@@ -256,12 +256,11 @@ class Run:
             if pending < total:
                 self.progress.log(f"generation resumes: {total - pending} of {total} shards are done")
             with self.timed("fit_generator"):
-                # process 0 fits first; the others then fit too, reusing what it left in the shared work_dir
-                for turn in ("main", "others"):
-                    if (turn == "main") == self.processes.main:
-                        with plugin_call("generator", config.generator, "fit"):
-                            generator.fit(train_pool, generator_context)
-                    self.processes.wait()
+                # every process fits, together: a generator that trains data-parallel (dermaflux, sd15 through
+                # accelerate) needs all of them; the others fit deterministically or reuse the shared work_dir
+                with plugin_call("generator", config.generator, "fit"):
+                    generator.fit(train_pool, generator_context)
+                self.processes.wait()
             with self.timed("generate"):
                 images = generation.generate_and_store(
                     generator, prompts, generator_context, cached_at, self.processes

@@ -476,15 +476,8 @@ class DermaFluxGenerator(dermabench.Generator):
         if not prompts:
             return []
         height, width = _snap(opts["height"], pipe), _snap(opts["width"], pipe)
-        # under `accelerate launch` each process draws its share of the prompts; images are gathered in order
-        from accelerate import PartialState
-
-        state = PartialState()
-        mine = list(range(len(prompts)))
-        if state.num_processes > 1:
-            with state.split_between_processes(mine) as share:
-                mine = list(share)
-        own = [prompts[i] for i in mine]
+        # several processes: the host hands each its own shards of prompts (dermabench/processes.py)
+        own = list(prompts)
         if opts["shift"] is not None:
             from diffusers import FlowMatchEulerDiscreteScheduler
 
@@ -524,11 +517,6 @@ class DermaFluxGenerator(dermabench.Generator):
                     **extra,
                 ).images
             arrays.extend(np.clip(np.round(array * 255), 0, 255).astype(np.uint8) for array in out)
-        if state.num_processes > 1:
-            from accelerate.utils import gather_object
-
-            by_index = dict(gather_object(list(zip(mine, arrays))))
-            arrays = [by_index[i] for i in range(len(prompts))]
         return [Image.fromarray(array, "RGB") for array in arrays]
 
     # ------------------------------------------------------------------ internals
