@@ -204,10 +204,15 @@ class Run:
             test = test_samples if test_samples is not None else [samples[i] for i in split.indices("test")]
             test_groups = [group_of(s, i) for i, s in enumerate(test)]
             parts = {"train_pool": train_pool, "val": val, "test": test}
-            near_duplicates = find_near_duplicates(
-                {name: [s.image for s in part] for name, part in parts.items()},
-                {name: [s.meta["image_id"] for s in part] for name, part in parts.items()},
-            )
+            ids = {name: [s.meta["image_id"] for s in part] for name, part in parts.items()}
+            near_inputs = {"ids": ids, "image_size": config.image_size}
+            near_duplicates = self.stages.load("near_duplicates", near_inputs)
+            if near_duplicates is None:  # tens of seconds on HAM10000: a resumed run reuses it
+                near_duplicates = self.stages.save(
+                    "near_duplicates",
+                    near_inputs,
+                    find_near_duplicates({name: [s.image for s in part] for name, part in parts.items()}, ids),
+                )
             if any(near_duplicates["n_pairs"].values()):
                 self.progress.log(
                     f"warning: near-duplicate images on two sides of the split: {near_duplicates['n_pairs']} "

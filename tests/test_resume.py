@@ -75,7 +75,9 @@ def test_an_interrupted_run_resumes_and_ends_with_the_same_result(reference, tmp
     assert not list(tmp_path.rglob("result.json"))
     monkeypatch.setattr(CNNClassifier, "fit", original_fit)
     resumed = json.loads(run(smoke(tmp_path)).read_text())
-    assert set(resumed["resumed_stages"]) == {"captions", "fidelity", "arm-real-seed0", "arm-real+synthetic-seed0"}
+    assert set(resumed["resumed_stages"]) == {
+        "near_duplicates", "captions", "fidelity", "arm-real-seed0", "arm-real+synthetic-seed0"
+    }
     assert resumed["timings_s"]["generate"] == 0.0
     assert comparable(resumed) == comparable(reference)
 
