@@ -1,4 +1,4 @@
-"""The fine-tuning loop shared by diffusion generators (DermaFlux now; a Stable Diffusion plugin later).
+"""The fine-tuning loop shared by the diffusion generators (`dermaflux` and `sd15`/`sdxl`).
 
 What differs between a rectified-flow MMDiT (FLUX) and a DDPM UNet (Stable
 Diffusion) is three things, and they are the seams here:
@@ -8,7 +8,8 @@ Diffusion) is three things, and they are the seams here:
 * the **noise schedule and loss target** — an `Objective`:
   `noisy_input(x0, noise, t)`, `target(x0, noise, t)`, `model_time(t)`,
   `loss_weight(t)`; `RectifiedFlow` (x_t = (1−t)·x0 + t·ε, target ε − x0) and
-  `DDPMObjective` (x_t = √ᾱ·x0 + √(1−ᾱ)·ε, target ε or v) are provided;
+  `DDPMObjective` (x_t = √ᾱ·x0 + √(1−ᾱ)·ε, target ε or v from the scheduler
+  config, optional min-SNR-γ weighting) are provided;
 * the **timestep sampler** — a `TimestepSampler` giving t ∈ [0, 1]
   (logit-normal, mode, uniform, … via diffusers'
   `compute_density_for_timestep_sampling`).
@@ -156,9 +157,14 @@ class DDPMObjective(Objective):
     """DDPM / Stable Diffusion: x_t = √ᾱ_k·x0 + √(1 − ᾱ_k)·ε at the discrete step k = ⌊t·K⌋.
 
     prediction_type "epsilon" (target ε) or "v_prediction" (target √ᾱ·ε − √(1 − ᾱ)·x0).
-    `alphas_cumprod` comes from the model's scheduler (e.g. `DDPMScheduler.alphas_cumprod`);
+    `alphas_cumprod` comes from the model's scheduler; `from_scheduler` reads both from a
+    scheduler (config), as SD 1.5 (epsilon) and SD 2.1-v (v_prediction) declare them.
     model_time is the integer step k the UNet expects. Use `TimestepSampler("uniform")`
     for the classic recipe.
+
+    snr_gamma: min-SNR-γ loss weighting (Hang et al. 2023, γ = 5 in the paper): each sample's
+    loss is weighted by min(SNR, γ)/SNR (epsilon) or min(SNR, γ)/(SNR + 1) (v), SNR = ᾱ/(1 − ᾱ),
+    so the easy low-noise steps stop dominating. None = unweighted (the standard loss).
     """
 
     def __init__(
@@ -166,12 +172,27 @@ class DDPMObjective(Objective):
         alphas_cumprod: torch.Tensor,
         prediction_type: str = "epsilon",
         sampler: TimestepSampler | None = None,
+        snr_gamma: float | None = None,
     ) -> None:
         if prediction_type not in ("epsilon", "v_prediction"):
             raise ValueError(f"prediction_type must be epsilon or v_prediction, got {prediction_type!r}")
+        if snr_gamma is not None and snr_gamma <= 0:
+            raise ValueError(f"snr_gamma must be > 0, got {snr_gamma}")
         self.alphas_cumprod = torch.as_tensor(alphas_cumprod, dtype=torch.float64)
         self.prediction_type = prediction_type
         self.sampler = sampler or TimestepSampler("uniform")
+        self.snr_gamma = snr_gamma
+
+    @classmethod
+    def from_scheduler(
+        cls, scheduler: Any, snr_gamma: float | None = None, sampler: TimestepSampler | None = None
+    ) -> DDPMObjective:
+        """The objective a model's scheduler (or its config) declares: its betas and prediction type."""
+        from diffusers import DDPMScheduler
+
+        config = getattr(scheduler, "config", scheduler)
+        ddpm = DDPMScheduler.from_config(config)  # any DDPM-family scheduler config: same betas, same K
+        return cls(ddpm.alphas_cumprod, ddpm.config.prediction_type, sampler, snr_gamma)
 
     def _k(self, t: torch.Tensor) -> torch.Tensor:
         n = len(self.alphas_cumprod)
@@ -193,11 +214,20 @@ class DDPMObjective(Objective):
     def model_time(self, t):
         return self._k(t)
 
+    def snr(self, t: torch.Tensor) -> torch.Tensor:
+        ab = self.alphas_cumprod[self._k(t).cpu()]
+        return (ab / (1 - ab)).float()
+
     def loss_weight(self, t):
-        return torch.ones_like(t)
+        if self.snr_gamma is None:
+            return torch.ones_like(t)
+        snr = self.snr(t)
+        clipped = snr.clamp(max=self.snr_gamma)
+        return (clipped / snr if self.prediction_type == "epsilon" else clipped / (snr + 1)).to(t.dtype)
 
     def describe(self) -> dict[str, Any]:
-        return {**super().describe(), "prediction_type": self.prediction_type, "steps": len(self.alphas_cumprod)}
+        return {**super().describe(), "prediction_type": self.prediction_type, "steps": len(self.alphas_cumprod),
+                "snr_gamma": self.snr_gamma}
 
 
 # --------------------------------------------------------------------------- the model seam
@@ -311,9 +341,15 @@ def _save_tensors(tensors: Mapping[str, torch.Tensor], path: Path) -> None:
 
 
 def _load_tensors(path: Path) -> dict[str, torch.Tensor]:
+    from safetensors import SafetensorError
     from safetensors.torch import load_file
 
-    return load_file(str(path))
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError) as exc:
+        raise PluginError(
+            f"checkpoint file {path} is not a readable safetensors file ({exc}); remove {path.parent} to start over"
+        ) from exc
 
 
 def _optimizer_tensors(optimizer: torch.optim.Optimizer, names: list[str]) -> tuple[dict[str, torch.Tensor], dict]:

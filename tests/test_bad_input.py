@@ -663,10 +663,7 @@ REFUSED = [
     Row("checkpoint-pickled-lora", pickled_lora,
         r"^generator 'dermaflux': LoRA files are loaded only as \.safetensors \(no pickles\), got lora\.pt$"),
     Row("checkpoint-pickled-resume-state", pickled_resume_checkpoint,
-        r"checkpoint-0*2/trainable\.safetensors",
-        xfail="plugins/diffusion_training.py _load_tensors lets safetensors' 'Error while deserializing header' "
-              "through without the file; raise PluginError(f'checkpoint file {path} is not a readable safetensors "
-              "file ({exc}); remove {path.parent} to start over')"),
+        r"checkpoint-0*2/trainable\.safetensors"),
     # item 4: DERMABENCH_LOAD_PLUGINS
     Row("allow-list-honoured", only_allowed_plugins_load,
         r"^unknown generator 'augment'\. Known: \(none\)\. Only the plugins in DERMABENCH_LOAD_PLUGINS=phantom,cnn "

@@ -1,0 +1,855 @@
+"""`sd15` and `sdxl`: Stable Diffusion baselines, fine-tuned and sampled under DermaFlux's budget.
+
+The DermaFlux paper reports synthetic images from FLUX + LoRA beating diffusion-made
+ones by up to 9 %; these plugins are the diffusion side of that comparison, built to
+mirror `dermaflux` option for option so that a comparison changes the model only.
+
+**Full scale (needs a GPU and local weights).** ``model=`` a diffusers folder or a hub
+id resolved from the Hugging Face cache: `sd15` takes SD 1.x / 2.x
+(``stable-diffusion-v1-5/stable-diffusion-v1-5``, ``stabilityai/stable-diffusion-2-1``;
+`StableDiffusionPipeline`), `sdxl` takes SDXL (``stabilityai/stable-diffusion-xl-base-1.0``;
+`StableDiffusionXLPipeline`). Offline (``HF_HUB_OFFLINE=1``) or with a local path nothing
+is downloaded (``local_files_only``); a missing model or component fails at once with a
+`DermabenchError` that names it. Weights load as safetensors only. The NSFW safety
+checker is not loaded (it blacks out flagged images, which would bias a benchmark).
+``lora=FILE`` applies a trained LoRA (diffusers/peft or kohya format, via
+``load_lora_weights``) at ``lora_scale``; with a LoRA given, `fit` trains nothing by
+default. Memory switches: ``offload=model|sequential|none``, ``vae_tiling``, ``vae_slicing``.
+
+**Fine-tuning (`fit`).** LoRA via peft on the UNet's attention layers (``lora_layers``:
+to_q/k/v/out of every self- and cross-attention, or ``blocks``: + the transformer
+blocks' projections and MLPs; ``rank``/``alpha`` 64/64 as DermaFlux), the DDPM
+denoising loss with the target the scheduler config declares (ε for SD 1.5 / 2.1-base,
+v for SD 2.1; ``snr_gamma`` adds min-SNR-γ weighting), uniform timesteps, latents and
+text embeddings computed once and cached, SDXL's size/crop conditioning fed the
+training size. The loop — AdamW, warm-up and schedule, gradient accumulation, EMA,
+bf16 autocast on CUDA, `accelerate` (``accelerate launch`` for several GPUs),
+checkpoints every ``checkpoint_every`` steps with resume — is DermaFlux's
+(`diffusion_training.train`); what differs is exactly the model (`UNetDenoiser`), the
+noise schedule and the loss target (`DDPMObjective` instead of `RectifiedFlow`). The LoRA
+is saved as ``pytorch_lora_weights.safetensors``, loadable by
+``StableDiffusionPipeline.load_lora_weights`` (``StableDiffusionXLPipeline`` for `sdxl`).
+
+**CPU scale (``model=tiny``, the default).** `sd_tiny` builds a small SD-architecture
+pipeline from configs — a 2.5 M-parameter UNet2DConditionModel (DermaFlux tiny's
+transformer: 2.3 M; the tests hold the two within ±25 %) and a frozen random CLIP
+text encoder over the same word tokenizer, on the same fixed DCT latent space as
+DermaFlux tiny, SD's noise schedule with SD 2.x's v-prediction (ε, SD 1.5's target,
+samples only noise after the CPU budget; ``prediction_type=epsilon`` to see it) —
+trained **from scratch, full-parameter** with DermaFlux tiny's per-profile budget
+(`dermaflux.TINY_TRAIN_DEFAULTS`: same steps × batch), learning rate, warm-up and
+schedule. ``sdxl`` with ``model=tiny`` builds the SDXL variant
+(two text encoders, size conditioning). ``model=micro`` is for tests.
+
+**Sampling.** ``sampler=`` ``dpmsolver++`` (the default: DPM-Solver++ 2M,
+deterministic), ``ddim`` (η = 0, deterministic) or ``ddpm`` (ancestral; needs many
+steps), each built from the model's scheduler config (same betas and prediction type).
+Defaults: ``steps`` 25 (tiny: 12, DermaFlux tiny's count), ``guidance`` (classifier-free,
+against the empty caption) 7.5 for `sd15`, 5.0 for `sdxl`, 1 = off for tiny models (trained
+without caption dropout, they have no unconditional branch to guide against; train with
+``caption_dropout=0.1`` to use guidance).
+
+**Caching and determinism** as `dermaflux`: a fit is keyed by model, options and a hash
+of the train pool and reused from ``work_dir/fits/<key>/final``; every prompt gets its own
+CPU ``torch.Generator`` seeded with ``prompt.seed``, so an image depends on its seed only.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import re
+import shutil
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import numpy as np
+from dermabench_plugins.dermaflux import TINY_TRAIN_DEFAULTS, _center_resize, _json_hash, _quiet, _sha256_file
+from PIL import Image
+
+import dermabench
+from dermabench import Option, parse_options
+from dermabench.errors import DermabenchError, PluginError
+from dermabench.seeding import derive_seed
+
+if TYPE_CHECKING:  # torch and diffusers are imported when a model is needed (listing plugins stays fast)
+    import torch
+    from diffusers import DiffusionPipeline
+
+#: bump when fitting or sampling changes, so cached weights and images are not reused
+ALGORITHM_VERSION = "1"
+TINY_MODELS = ("tiny", "micro")
+LORA_FILE = "pytorch_lora_weights.safetensors"
+ADAPTER = "sd"
+SAMPLERS = ("dpmsolver++", "ddim", "ddpm")
+
+#: LoRA targets, by module-name suffix inside the UNet's attention (transformer) blocks
+_ATTENTION = ("attn1.to_q", "attn1.to_k", "attn1.to_v", "attn1.to_out.0",
+              "attn2.to_q", "attn2.to_k", "attn2.to_v", "attn2.to_out.0")  # fmt: skip
+_PROJECTIONS = ("proj_in", "proj_out", "ff.net.0.proj", "ff.net.2")
+LORA_LAYERS = {"attention": _ATTENTION, "blocks": _ATTENTION + _PROJECTIONS}
+
+log = logging.getLogger("dermabench.stable_diffusion")
+
+
+def _truthy(name: str) -> bool:
+    return os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
+
+
+class StableDiffusionGenerator(dermabench.Generator):
+    """Stable Diffusion 1.x/2.x + LoRA fine-tuned on captioned lesions; a tiny from-scratch SD on CPUs."""
+
+    name = "sd15"
+    description = "Stable Diffusion 1.x/2.x (DDPM UNet) + LoRA on captioned lesions; model=tiny trains on CPU"
+    #: SDXL's two text encoders and size conditioning
+    xl: ClassVar[bool] = False
+    default_guidance: ClassVar[float] = 7.5
+    example_hub_id: ClassVar[str] = "stable-diffusion-v1-5/stable-diffusion-v1-5"
+
+    option_specs: ClassVar[dict[str, Option]] = {
+        # the model
+        "model": Option("str", "tiny", "tiny | micro | a diffusers folder | a hub id in the HF cache"),
+        "lora": Option("str", None, "a trained LoRA (.safetensors file or folder; diffusers or kohya format)",
+                       optional=True),
+        "lora_scale": Option("float", 1.0, "strength of the LoRA", min=0),
+        "dtype": Option("str", "auto", "weights dtype", choices=("auto", "bf16", "fp16", "fp32")),
+        "offload": Option("str", "none", "CPU offload on CUDA", choices=("none", "model", "sequential")),
+        "vae_tiling": Option("bool", False, "decode in tiles (large images, less memory)"),
+        "vae_slicing": Option("bool", False, "decode one image at a time (less memory)"),
+        # sampling
+        "sampler": Option("str", "dpmsolver++", "dpmsolver++ (DPM-Solver++ 2M), ddim (eta 0) or ddpm (ancestral)",
+                          choices=SAMPLERS),
+        "steps": Option("int", None, "denoising steps (default 25; tiny: 12)", min=1, optional=True),
+        "guidance": Option("float", None, "classifier-free guidance scale against the empty caption (default 7.5 "
+                           "sd15, 5 sdxl, 1 = off for tiny models)", min=0, optional=True),
+        "height": Option("int", None, "image height (default: the run's image size for tiny models, the model's "
+                         "native size otherwise)", min=16, optional=True),
+        "width": Option("int", None, "image width (see height)", min=16, optional=True),
+        "batch_size": Option("int", None, "images per denoising batch (default 64 tiny, 4 otherwise)", min=1,
+                             optional=True),
+        # fitting
+        "train": Option("str", "auto", "what fit trains: auto (tiny: full; a LoRA given: none; else lora)",
+                        choices=("auto", "none", "lora", "full")),
+        "train_steps": Option("int", None, "optimisation steps (default by profile for tiny models, as dermaflux; "
+                              "1000 otherwise)", min=1, optional=True),
+        "train_batch_size": Option("int", None, "images per step and process (default by profile for tiny; "
+                                   "1 otherwise)", min=1, optional=True),
+        "grad_accum": Option("int", 1, "gradient accumulation micro-steps", min=1),
+        "lr": Option("float", None, "AdamW learning rate (default 1e-4 LoRA, 1e-3 full)", min=0,
+                     min_inclusive=False, optional=True),
+        "weight_decay": Option("float", 1e-4, "AdamW weight decay (not on biases and norms)", min=0),
+        "warmup": Option("int", None, "linear warm-up steps (default 0 LoRA, 5 % full)", min=0, optional=True),
+        "lr_schedule": Option("str", None, "constant or cosine (default constant LoRA, cosine full)",
+                              choices=("constant", "cosine"), optional=True),
+        "rank": Option("int", 64, "LoRA rank", min=1),
+        "alpha": Option("float", 64.0, "LoRA alpha (scale = alpha / rank)", min=0, min_inclusive=False),
+        "lora_layers": Option("str", "attention", "LoRA targets: attention (to_q/k/v/out of self- and "
+                              "cross-attention), blocks (+ projections and MLPs)", choices=tuple(LORA_LAYERS)),
+        "prediction_type": Option("str", None, "what a tiny UNet learns to predict (default v_prediction, as SD "
+                                  "2.x); full-size models follow their scheduler config",
+                                  choices=("epsilon", "v_prediction"), optional=True),
+        "snr_gamma": Option("float", None, "min-SNR-γ loss weighting (e.g. 5; none = off)", min=0,
+                            min_inclusive=False, optional=True),
+        "caption_dropout": Option("float", 0.0, "share of captions replaced by the empty caption (for guidance)",
+                                  min=0, max=1),
+        "flip": Option("bool", True, "random flips and quarter turns of the training latents"),
+        "ema": Option("float", 0.0, "EMA decay of the trained weights (0 = off)", min=0, max=1,
+                      max_inclusive=False),
+        "checkpoint_every": Option("int", 250, "save a resumable checkpoint every N steps (0 = never)", min=0),
+        "gradient_checkpointing": Option("bool", None, "trade compute for memory (default: on for full-size "
+                                         "models, off for tiny)", optional=True),
+    }
+
+    def __init__(self, **options: Any) -> None:
+        super().__init__(**options)
+        self.config = parse_options(f"generator '{self.name}'", options, self.option_specs, "--generator-opt")
+        self.pipe: DiffusionPipeline | None = None
+        self._fitted = False
+        self._lora_loaded = False
+        self._model_info: dict[str, Any] | None = None
+        self._scheduler_config: dict[str, Any] | None = None
+        self.last_fit: dict[str, Any] = {}
+        #: stop training after this step, leaving a checkpoint (tests simulate a killed fit with it)
+        self.stop_after: int | None = None
+        c = self.config
+        if c["lora"] is not None and c["train"] in ("lora", "full"):
+            raise DermabenchError(
+                f"generator '{self.name}': lora= applies a trained LoRA and train={c['train']} would train another; "
+                "use train=none with lora=, or drop lora= to train"
+            )
+        if c["offload"] != "none" and self.is_tiny:
+            raise DermabenchError(f"generator '{self.name}': offload is for full-size models on CUDA, not model=tiny")
+        if c["prediction_type"] is not None and not self.is_tiny:
+            raise DermabenchError(
+                f"generator '{self.name}': prediction_type is for tiny models; a full-size model trains with the "
+                "target its scheduler config declares"
+            )
+        if c["lora"] is not None:
+            self._lora_file()  # fails early if missing or not safetensors
+        if not self.is_tiny:
+            self._model_location()  # fails early for a missing local folder or an uncached hub id
+
+    # ------------------------------------------------------------------ resolution of options
+
+    @property
+    def is_tiny(self) -> bool:
+        return self.config["model"] in TINY_MODELS
+
+    @property
+    def train_mode(self) -> str:
+        mode = self.config["train"]
+        if mode != "auto":
+            return mode
+        if self.config["lora"] is not None:
+            return "none"
+        return "full" if self.is_tiny else "lora"
+
+    def _tiny_spec(self):
+        from dermabench_plugins.sd_tiny import spec_from
+
+        chosen = self.config["prediction_type"]
+        return spec_from(self.config["model"], **({"prediction_type": chosen} if chosen else {}))
+
+    def _lora_file(self) -> Path:
+        path = Path(os.path.expanduser(self.config["lora"]))
+        if path.is_dir():
+            candidates = [path / LORA_FILE] if (path / LORA_FILE).is_file() else sorted(path.glob("*.safetensors"))
+            if len(candidates) != 1:
+                raise DermabenchError(
+                    f"generator '{self.name}': LoRA folder {path} must hold {LORA_FILE} or exactly one .safetensors "
+                    f"file (found {len(candidates)})"
+                )
+            path = candidates[0]
+        if not path.is_file():
+            raise DermabenchError(f"generator '{self.name}': LoRA file not found: {path}")
+        if path.suffix != ".safetensors":
+            raise DermabenchError(
+                f"generator '{self.name}': LoRA files are loaded only as .safetensors (no pickles), got {path.name}"
+            )
+        return path
+
+    def resolved(self, context: dermabench.RunContext | None = None) -> dict[str, Any]:
+        """Every option with its effective value (defaults that depend on the model/profile filled in)."""
+        c = dict(self.config)
+        tiny = self.is_tiny
+        profile = context.profile if context is not None else "quick"
+        if c["steps"] is None:
+            c["steps"] = 12 if tiny else 25
+        if c["guidance"] is None:
+            c["guidance"] = 1.0 if tiny else self.default_guidance
+        size = context.image_size if context is not None else 64
+        for side in ("height", "width"):
+            if c[side] is None:
+                c[side] = size if tiny else self._native_size()
+        if c["batch_size"] is None:
+            c["batch_size"] = 64 if tiny else 4
+        mode = self.train_mode
+        full = mode == "full"
+        if tiny and mode != "none":
+            # the same budget as DermaFlux tiny: same steps × batch per profile
+            defaults = TINY_TRAIN_DEFAULTS.get(profile, TINY_TRAIN_DEFAULTS["quick"])
+            c["train_steps"] = c["train_steps"] or defaults["train_steps"]
+            c["train_batch_size"] = c["train_batch_size"] or defaults["train_batch_size"]
+        c["train_steps"] = c["train_steps"] or 1000
+        c["train_batch_size"] = c["train_batch_size"] or 1
+        if c["lr"] is None:
+            c["lr"] = 1e-3 if full else 1e-4
+        if c["warmup"] is None:
+            c["warmup"] = max(1, c["train_steps"] // 20) if full else 0
+        if c["lr_schedule"] is None:
+            c["lr_schedule"] = "cosine" if full else "constant"
+        if c["gradient_checkpointing"] is None:
+            c["gradient_checkpointing"] = not tiny
+        if tiny:
+            c["prediction_type"] = self._tiny_spec().prediction_type
+        c["train"] = mode
+        return c
+
+    def _native_size(self) -> int:
+        """The model's own resolution: UNet sample_size × the VAE's downscale (512 SD 1.5, 768 SD 2.1, 1024 SDXL)."""
+        if self.pipe is not None:
+            return int(self.pipe.unet.config.sample_size) * int(self.pipe.vae_scale_factor)
+        folder = self._model_location()
+        try:
+            unet = json.loads((folder / "unet" / "config.json").read_text())
+            vae = json.loads((folder / "vae" / "config.json").read_text())
+            return int(unet["sample_size"]) * 2 ** (len(vae["block_out_channels"]) - 1)
+        except (OSError, ValueError, KeyError, TypeError):
+            return 1024 if self.xl else 512
+
+    # ------------------------------------------------------------------ loading
+
+    def _device_dtype(self, context: dermabench.RunContext) -> tuple[str, torch.dtype]:
+        import torch
+
+        device = context.device
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        choice = self.config["dtype"]
+        if choice == "auto":
+            dtype = torch.bfloat16 if device.startswith("cuda") and not self.is_tiny else torch.float32
+        else:
+            dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[choice]
+        return device, dtype
+
+    @property
+    def _components(self) -> tuple[str, ...]:
+        base = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
+        return base + (("text_encoder_2", "tokenizer_2") if self.xl else ())
+
+    @property
+    def _pipeline_class(self):
+        from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
+
+        return StableDiffusionXLPipeline if self.xl else StableDiffusionPipeline
+
+    def _model_location(self) -> Path:
+        """The local folder of the model: the path itself, or its snapshot in the HF cache. Never downloads."""
+        model, name = self.config["model"], self.name
+        path = Path(os.path.expanduser(model))
+        if path.exists():
+            if not path.is_dir() or not (path / "model_index.json").is_file():
+                raise DermabenchError(
+                    f"generator '{name}': {path} is not a diffusers Stable Diffusion folder (no model_index.json); "
+                    f"give the folder that holds model_index.json, {', '.join(c + '/' for c in self._components)} "
+                    "(single-file .ckpt/.safetensors checkpoints: convert them with diffusers first)"
+                )
+            return path
+        if not _HUB_ID.match(model) or model.startswith((".", "~", "/")):
+            raise DermabenchError(f"generator '{name}': model folder not found: {path}")
+        from huggingface_hub import constants, try_to_load_from_cache
+
+        cached = try_to_load_from_cache(model, "model_index.json")
+        if isinstance(cached, str):
+            return Path(cached).parent
+        where = constants.HF_HUB_CACHE
+        if _truthy("HF_HUB_OFFLINE") or _truthy("TRANSFORMERS_OFFLINE"):
+            raise DermabenchError(
+                f"generator '{name}': model '{model}' is not in the Hugging Face cache ({where}) and HF_HUB_OFFLINE "
+                f"is set. Download it where there is network (`hf download {model}`) or pass "
+                "model=/path/to/diffusers-folder"
+            )
+        raise DermabenchError(
+            f"generator '{name}': model '{model}' is not in the Hugging Face cache ({where}). Download it first "
+            f"(`hf download {model}`, e.g. {self.example_hub_id}) or pass model=/path/to/diffusers-folder"
+        )
+
+    def model_identity(self) -> dict[str, Any]:
+        """What identifies the base weights, without reading gigabytes: configs + weight file names and sizes."""
+        if self._model_info is None:
+            model = self.config["model"]
+            if model in TINY_MODELS:
+                from dermabench_plugins.sd_tiny import TINY_VERSION
+
+                self._model_info = {"tiny": model, "xl": self.xl, "version": TINY_VERSION,
+                                    "spec": self._tiny_spec().to_dict()}
+            else:
+                folder = self._model_location()
+                files = {}
+                for path in sorted(folder.rglob("*")):
+                    if path.is_file() or path.is_symlink():
+                        rel = str(path.relative_to(folder))
+                        if path.suffix == ".json":
+                            files[rel] = hashlib.sha256(path.read_bytes()).hexdigest()
+                        elif path.suffix in (".safetensors", ".bin", ".model", ".txt"):
+                            files[rel] = path.stat().st_size
+                self._model_info = {"model": model, "snapshot": folder.name, "files": _json_hash(files)}
+        return self._model_info
+
+    def _from_pretrained(self, folder: Path, dtype) -> DiffusionPipeline:
+        import dermabench_plugins.sd_tiny  # noqa: F401 - a saved tiny SD names BlockDCTVAE as its VAE
+
+        extra = {"add_watermarker": False} if self.xl else {"safety_checker": None, "requires_safety_checker": False}
+        try:
+            with _quiet():
+                return self._pipeline_class.from_pretrained(folder, dtype=dtype, local_files_only=True,
+                                                            use_safetensors=True, **extra)
+        except (OSError, ValueError, TypeError) as exc:
+            raise DermabenchError(f"generator '{self.name}': cannot load {folder}: {exc}") from exc
+
+    def load(self, context: dermabench.RunContext) -> DiffusionPipeline:
+        """The base pipeline on the run's device (tiny: built; otherwise from the folder / HF cache)."""
+        if self.pipe is not None:
+            return self.pipe
+        import torch
+
+        device, dtype = self._device_dtype(context)
+        if self.config["offload"] != "none" and not device.startswith("cuda"):
+            raise DermabenchError(f"generator '{self.name}': offload={self.config['offload']} needs a CUDA device")
+        with _quiet():
+            if self.is_tiny:
+                from dermabench_plugins.sd_tiny import build_tiny_sd
+
+                pipe = build_tiny_sd(self._tiny_spec(), seed=derive_seed(context.seed, self.name), xl=self.xl)
+                pipe.to(device=device) if dtype == torch.float32 else pipe.to(device=device, dtype=dtype)
+            else:
+                folder = self._model_location()
+                missing = [part for part in self._components if not (folder / part).is_dir()]
+                if missing:
+                    raise DermabenchError(f"generator '{self.name}': the model folder {folder} lacks "
+                                          f"{', '.join(missing)}")
+                pipe = self._from_pretrained(folder, dtype)
+                if self.config["offload"] == "model":
+                    pipe.enable_model_cpu_offload()
+                elif self.config["offload"] == "sequential":
+                    pipe.enable_sequential_cpu_offload()
+                else:
+                    pipe.to(device)
+        self._setup(pipe)
+        return pipe
+
+    def _setup(self, pipe) -> None:
+        if self.config["vae_tiling"]:
+            pipe.vae.enable_tiling()
+        if self.config["vae_slicing"]:
+            pipe.vae.enable_slicing()
+        pipe.set_progress_bar_config(disable=True)
+        for module in _modules(pipe):
+            module.eval()
+        self._scheduler_config = dict(pipe.scheduler.config)
+        self.pipe = pipe
+
+    def _apply_lora(self, path: Path) -> None:
+        """Load a LoRA file (diffusers/peft or kohya format) into the pipeline as adapter 'sd'."""
+        pipe = self.pipe
+        assert pipe is not None
+        if self._lora_loaded:
+            pipe.delete_adapters(ADAPTER)
+        try:
+            with _quiet():
+                pipe.load_lora_weights(str(path.parent), weight_name=path.name, adapter_name=ADAPTER,
+                                       use_safetensors=True, local_files_only=True)
+        except (ValueError, KeyError, RuntimeError, OSError) as exc:
+            raise DermabenchError(f"generator '{self.name}': cannot apply LoRA {path}: {exc}") from exc
+        from dermabench_plugins.flux_tiny import DCTVAE
+
+        if isinstance(pipe.vae, DCTVAE) and (path.parent / "vae.safetensors").is_file():
+            # a tiny LoRA fit keeps its VAE's train-pool standardisation beside the LoRA
+            from safetensors.torch import load_file
+
+            pipe.vae.load_state_dict(load_file(str(path.parent / "vae.safetensors")))
+        pipe.set_adapters([ADAPTER], adapter_weights=[self.config["lora_scale"]])
+        self._lora_loaded = True
+
+    def _sampler(self, opts: dict[str, Any]):
+        """The chosen sampler, built from the model's scheduler config (same betas and prediction type)."""
+        from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
+
+        config = self._scheduler_config
+        if opts["sampler"] == "ddpm":
+            return DDPMScheduler.from_config(config)
+        if opts["sampler"] == "ddim":
+            return DDIMScheduler.from_config(config)
+        return DPMSolverMultistepScheduler.from_config(config, algorithm_type="dpmsolver++", solver_order=2)
+
+    # ------------------------------------------------------------------ plugin API
+
+    def cache_key(self) -> dict[str, Any]:
+        import diffusers
+        import torch
+
+        return {
+            "algorithm": ALGORITHM_VERSION,
+            "generator": self.name,
+            "model": self.model_identity(),
+            "lora": _sha256_file(self._lora_file()) if self.config["lora"] is not None else None,
+            "options": self.resolved(None),
+            "diffusers": diffusers.__version__,
+            "torch": torch.__version__,
+        }
+
+    def fit(self, train: Sequence[dermabench.Sample], context: dermabench.RunContext) -> None:
+        opts = self.resolved(context)
+        pipe = self.load(context)
+        if self.config["lora"] is not None:
+            self._apply_lora(self._lora_file())
+        if opts["train"] == "none":
+            self._fitted = True
+            return
+        if not train:
+            raise PluginError(f"generator '{self.name}': the train pool is empty")
+        key = self._fit_key(train, opts, context)
+        fit_dir = Path(context.work_dir) / "fits" / key[:16]
+        final = fit_dir / "final"
+        t0 = time.perf_counter()
+        if (final / "done.json").is_file():
+            context.progress.log(f"{self.name}: reusing trained weights {final}")
+            self._load_trained(final, opts, context)
+            self.last_fit = {**json.loads((final / "done.json").read_text()), "reused": True}
+            self._fitted = True
+            return
+        fit_dir.mkdir(parents=True, exist_ok=True)
+        (fit_dir / "fit.json").write_text(json.dumps({"key": key, "options": opts}, indent=1, default=str))
+        result = self._train(pipe, train, opts, context, fit_dir / "checkpoints")
+        if not result.finished:  # stop_after (tests): a checkpoint is left, nothing final
+            self.last_fit = {"step": result.step, "finished": False, "resumed_from": result.resumed_from}
+            return
+        self._save_trained(final, opts, result, time.perf_counter() - t0)
+        shutil.rmtree(fit_dir / "checkpoints", ignore_errors=True)
+        self._load_trained(final, opts, context)
+        self.last_fit = {**json.loads((final / "done.json").read_text()), "reused": False}
+        self._fitted = True
+
+    def generate(self, prompts: Sequence[dermabench.Prompt], context: dermabench.RunContext) -> list[Image.Image]:
+        import torch
+
+        opts = self.resolved(context)
+        if not self._fitted and opts["train"] != "none":
+            raise PluginError(
+                f"generator '{self.name}': generate called before fit (train={opts['train']}); "
+                "call fit, or use train=none for the base model"
+            )
+        pipe = self.load(context)
+        if self.config["lora"] is not None and not self._lora_loaded:
+            self._apply_lora(self._lora_file())
+        if not prompts:
+            return []
+        height, width = _snap(opts["height"], pipe), _snap(opts["width"], pipe)
+        # several processes: the host hands each its own shards of prompts (dermabench/processes.py)
+        own = list(prompts)
+        pipe.scheduler = self._sampler(opts)
+        guided = opts["guidance"] > 1
+        embeds = self._encode_prompts([p.text for p in own])
+        negative = self._null_embeddings() if guided else None
+        arrays: list[np.ndarray] = []
+        batches = range(0, len(own), opts["batch_size"])
+        batches = context.progress.track(batches, f"{self.name}: {len(own)} images", total=len(batches))
+        for start in batches:
+            batch = own[start : start + opts["batch_size"]]
+            pe = torch.stack([embeds[p.text][0] for p in batch])
+            extra: dict[str, Any] = {}
+            if self.xl:
+                extra["pooled_prompt_embeds"] = torch.stack([embeds[p.text][1] for p in batch])
+            if negative is not None:
+                extra["negative_prompt_embeds"] = negative[0][None].expand_as(pe).contiguous()
+                if self.xl:
+                    pooled = extra["pooled_prompt_embeds"]
+                    extra["negative_pooled_prompt_embeds"] = negative[1][None].expand_as(pooled).contiguous()
+            # one generator per prompt, on the CPU: an image depends on its seed only
+            generators = [torch.Generator("cpu").manual_seed(int(p.seed)) for p in batch]
+            with torch.inference_mode(), _quiet():
+                out = pipe(
+                    prompt_embeds=pe,
+                    height=height,
+                    width=width,
+                    num_inference_steps=opts["steps"],
+                    guidance_scale=opts["guidance"],
+                    generator=generators,
+                    output_type="np",
+                    **extra,
+                ).images
+            arrays.extend(np.clip(np.round(array * 255), 0, 255).astype(np.uint8) for array in out)
+        return [Image.fromarray(array, "RGB") for array in arrays]
+
+    # ------------------------------------------------------------------ internals
+
+    def _encode_prompts(self, texts: Sequence[str]) -> dict[str, tuple[torch.Tensor, torch.Tensor | None]]:
+        """(prompt_embeds L×D, pooled P or None) per distinct text, computed once, in chunks."""
+        import torch
+
+        pipe = self.pipe
+        assert pipe is not None
+        unique = list(dict.fromkeys(texts))
+        out: dict[str, tuple[torch.Tensor, torch.Tensor | None]] = {}
+        device = pipe._execution_device
+        for start in range(0, len(unique), 64):
+            chunk = unique[start : start + 64]
+            with torch.inference_mode(), _quiet():
+                if self.xl:
+                    pe, _, pooled, _ = pipe.encode_prompt(prompt=chunk, device=device, num_images_per_prompt=1,
+                                                          do_classifier_free_guidance=False)
+                else:
+                    pe, _ = pipe.encode_prompt(chunk, device, 1, do_classifier_free_guidance=False)
+                    pooled = [None] * len(chunk)
+            for text, e, p in zip(chunk, pe, pooled):
+                out[text] = (e, p)
+        return out
+
+    def _null_embeddings(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The conditioning of 'no caption', as the pipeline's classifier-free guidance uses it: the empty
+        caption's embedding (SDXL with force_zeros_for_empty_prompt: zeros)."""
+        import torch
+
+        pe, pooled = self._encode_prompts([""])[""]
+        if self.xl and self.pipe.config.get("force_zeros_for_empty_prompt", False):
+            pe, pooled = torch.zeros_like(pe), torch.zeros_like(pooled)
+        return pe, pooled
+
+    def _fit_key(self, train: Sequence[dermabench.Sample], opts: dict[str, Any], context) -> str:
+        digest = hashlib.sha256()
+        for sample in train:
+            image = sample.image if sample.image.mode == "RGB" else sample.image.convert("RGB")
+            digest.update(f"{sample.label}\t{sample.caption}\t{image.size}\n".encode())
+            digest.update(image.tobytes())
+        sampling = ("sampler", "steps", "guidance", "batch_size", "offload", "vae_tiling", "vae_slicing",
+                    "lora_scale", "checkpoint_every")
+        fit_opts = {k: v for k, v in opts.items() if k not in sampling}
+        return _json_hash(
+            {
+                "algorithm": ALGORITHM_VERSION,
+                "generator": self.name,
+                "model": self.model_identity(),
+                "options": fit_opts,
+                "seed": context.seed,
+                "train_pool": digest.hexdigest(),
+                "n": len(train),
+            }
+        )
+
+    def _train(self, pipe, train, opts, context, checkpoint_dir: Path):
+        import torch
+        from dermabench_plugins.diffusion_training import DDPMObjective, TrainConfig
+        from dermabench_plugins.diffusion_training import train as run_training
+
+        height, width = _snap(opts["height"], pipe), _snap(opts["width"], pipe)
+        data = self._training_set(pipe, train, opts, height, width, context)
+        unet = pipe.unet
+        if opts["train"] == "lora":
+            _add_lora(unet, opts)
+        else:
+            unet.requires_grad_(True)
+            if unet.dtype != torch.float32:
+                with _quiet():
+                    unet.to(torch.float32)
+        if opts["gradient_checkpointing"]:
+            unet.enable_gradient_checkpointing()
+        denoiser = UNetDenoiser(unet, (height, width) if self.xl else None)
+        # the difference to DermaFlux: DDPM noise schedule and ε/v target (from the scheduler) instead of a flow
+        objective = DDPMObjective.from_scheduler(self._scheduler_config, snr_gamma=opts["snr_gamma"])
+        cfg = TrainConfig(
+            steps=opts["train_steps"],
+            batch_size=opts["train_batch_size"],
+            grad_accum=opts["grad_accum"],
+            lr=opts["lr"],
+            weight_decay=opts["weight_decay"],
+            warmup_steps=opts["warmup"],
+            lr_schedule=opts["lr_schedule"],
+            ema_decay=opts["ema"],
+            flip=opts["flip"],
+            caption_dropout=opts["caption_dropout"],
+            checkpoint_every=opts["checkpoint_every"],
+            seed=derive_seed(context.seed, f"{self.name}-train"),
+            stop_after=self.stop_after,
+        )
+        device, _ = self._device_dtype(context)
+        encoders = [m for m in (pipe.text_encoder, getattr(pipe, "text_encoder_2", None)) if m is not None]
+        park = not self.is_tiny and self.config["offload"] == "none" and device.startswith("cuda")
+        if park:  # the embeddings are cached: lend the text encoders' GPU memory to training
+            for encoder in encoders:
+                encoder.to("cpu")
+            torch.cuda.empty_cache()
+        try:
+            result = run_training(denoiser, data, objective, cfg, checkpoint_dir, device=device,
+                                  progress=context.progress)
+        finally:
+            if park:
+                for encoder in encoders:
+                    encoder.to(device)
+        unet.requires_grad_(False)
+        unet.eval()
+        return result
+
+    def _training_set(self, pipe, train, opts, height, width, context):
+        """Latents (B×C×h×w, scaled with the VAE's scaling factor) and text embeddings, computed once."""
+        import torch
+        from dermabench_plugins.diffusion_training import TrainingSet
+        from dermabench_plugins.flux_tiny import DCTVAE
+
+        vae = pipe.vae
+        device = pipe._execution_device
+
+        def pixels_of(samples) -> torch.Tensor:
+            arrays = []
+            for sample in samples:
+                image = sample.image if sample.image.mode == "RGB" else sample.image.convert("RGB")
+                if image.size != (width, height):
+                    image = _center_resize(image, width, height)
+                arrays.append(np.asarray(image))
+            return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).to(device, vae.dtype) / 127.5 - 1.0
+
+        if isinstance(vae, DCTVAE):
+            # tiny models: DermaFlux tiny's fixed DCT, standardised on the train pool first
+            with torch.inference_mode():
+                x = pixels_of(train)
+                vae.fit_normalization(x)
+                raw = vae.encode(x).latent_dist.mode().float().cpu()
+            del x
+        else:
+            upcast = vae.dtype == torch.float16 and vae.config.get("force_upcast", False)
+            if upcast:  # SDXL's VAE overflows in fp16 (the pipeline upcasts it to decode, too)
+                vae.to(torch.float32)
+            chunk = 8
+            raw = []
+            batches = range(0, len(train), chunk)
+            for start in context.progress.track(batches, f"{self.name}: caching latents", total=len(batches)):
+                with torch.inference_mode():
+                    raw.append(vae.encode(pixels_of(train[start : start + chunk])).latent_dist.mode().float().cpu())
+            raw = torch.cat(raw)
+            if upcast:
+                vae.to(torch.float16)
+        shift = getattr(vae.config, "shift_factor", None) or 0.0
+        latents = (raw - shift) * vae.config.scaling_factor
+        storage = torch.float32 if self.is_tiny else torch.bfloat16
+        captions = [s.caption or f"This photo depicts a {dermabench.LABEL_NAMES[s.label]} lesion." for s in train]
+        embeds = self._encode_prompts(captions)
+        conditioning = {"prompt_embeds": torch.stack([embeds[c][0] for c in captions]).to("cpu", storage)}
+        null_pe, null_pooled = self._null_embeddings()
+        null = {"prompt_embeds": null_pe[None].cpu()}
+        if self.xl:
+            conditioning["pooled"] = torch.stack([embeds[c][1] for c in captions]).to("cpu", storage)
+            null["pooled"] = null_pooled[None].cpu()
+        augment = vae.augment if isinstance(vae, DCTVAE) else None  # conv VAE latents flip with the image
+        return TrainingSet(latents.to(storage), conditioning, null, augment)
+
+    def _save_trained(self, final: Path, opts, result, seconds: float) -> None:
+        from accelerate import PartialState
+
+        state = PartialState()
+        if not state.is_main_process:  # under `accelerate launch`: one process writes, the others wait
+            state.wait_for_everyone()
+            return
+        tmp = final.parent / (final.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        pipe = self.pipe
+        if opts["train"] == "lora":
+            from dermabench_plugins.flux_tiny import DCTVAE
+            from peft.utils import get_peft_model_state_dict
+
+            layers = get_peft_model_state_dict(pipe.unet)
+            # the adapter's peft config travels in the file's metadata (rank, alpha, targets)
+            metadata = pipe.unet.peft_config["default"].to_dict()
+            self._pipeline_class.save_lora_weights(tmp, unet_lora_layers=layers, weight_name=LORA_FILE,
+                                                   unet_lora_adapter_metadata=metadata)
+            if isinstance(pipe.vae, DCTVAE):  # tiny: the VAE's train-pool standardisation goes beside the LoRA
+                from safetensors.torch import save_file
+
+                save_file({k: v.contiguous() for k, v in pipe.vae.state_dict().items()}, str(tmp / "vae.safetensors"))
+        else:
+            with _quiet():
+                pipe.save_pretrained(tmp, safe_serialization=True)
+        info = {
+            "train": opts["train"],
+            "steps": result.step,
+            "seconds": round(seconds, 2),
+            "first_loss": result.losses[0] if result.losses else None,
+            "final_loss": float(np.mean(result.losses[-20:])) if result.losses else None,
+            "resumed_from": result.resumed_from,
+        }
+        (tmp / "done.json").write_text(json.dumps(info, indent=1))
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(tmp, final)
+        state.wait_for_everyone()
+
+    def _load_trained(self, final: Path, opts, context) -> None:
+        """Switch the pipeline to the saved trained weights (the same code path for fresh and cached fits)."""
+        if opts["train"] == "lora":
+            pipe = self.load(context)
+            if "default" in getattr(pipe.unet, "peft_config", {}):
+                pipe.unet.delete_adapters("default")
+            self._apply_lora(final / LORA_FILE)
+        else:
+            device, dtype = self._device_dtype(context)
+            pipe = self._from_pretrained(final, dtype)
+            pipe.to(device)
+            self._setup(pipe)
+
+
+class StableDiffusionXLGenerator(StableDiffusionGenerator):
+    """SDXL + LoRA fine-tuned on captioned lesions; a tiny from-scratch SDXL-architecture model on CPUs."""
+
+    name = "sdxl"
+    description = "Stable Diffusion XL (DDPM UNet, two text encoders) + LoRA on captioned lesions; model=tiny on CPU"
+    xl = True
+    default_guidance = 5.0
+    example_hub_id = "stabilityai/stable-diffusion-xl-base-1.0"
+
+
+# ---------------------------------------------------------------------- the UNet half of training
+
+
+class UNetDenoiser:
+    """The `diffusion_training.Denoiser` interface for UNet2DConditionModel (duck-typed, so that importing
+    this module does not import torch). `size` (height, width): SDXL's added size/crop conditioning
+    (original size = target size = the training size, no crop); None for SD 1.x/2.x."""
+
+    def __init__(self, unet, size: tuple[int, int] | None = None) -> None:
+        import torch
+
+        self.module = unet
+        self.time_ids = None if size is None else torch.tensor([[size[0], size[1], 0, 0, size[0], size[1]]],
+                                                                dtype=torch.float32)
+
+    def predict(self, module, x_t, model_time, cond):
+        dtype = next(p for p in module.parameters()).dtype
+        extra = {}
+        if self.time_ids is not None:
+            b = x_t.shape[0]
+            extra["added_cond_kwargs"] = {
+                "text_embeds": cond["pooled"].to(dtype),
+                "time_ids": self.time_ids.to(x_t.device, dtype).expand(b, -1),
+            }
+        return module(x_t.to(dtype), model_time, encoder_hidden_states=cond["prompt_embeds"].to(dtype),
+                      return_dict=False, **extra)[0]
+
+    def trainable_parameters(self):
+        return {n: p for n, p in self.module.named_parameters() if p.requires_grad}
+
+    def no_decay(self, name, param):
+        return param.ndim < 2 or "norm" in name
+
+
+# ---------------------------------------------------------------------- helpers
+
+_HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+
+def _modules(pipe) -> list:
+    return [m for m in (pipe.unet, pipe.vae, pipe.text_encoder, getattr(pipe, "text_encoder_2", None)) if m is not None]
+
+
+def _snap(size: int, pipe) -> int:
+    """Round a side to what the UNet can make: a multiple of the VAE's downscale × the UNet's downsampling."""
+    step = int(pipe.vae_scale_factor) * 2 ** (len(pipe.unet.config.block_out_channels) - 1)
+    return max(step, round(size / step) * step)
+
+
+def _lora_targets(unet, layers: str) -> list[str]:
+    import torch
+
+    suffixes = LORA_LAYERS[layers]
+    names = []
+    for name, module in unet.named_modules():
+        if not isinstance(module, (torch.nn.Linear, torch.nn.Conv2d)):
+            continue
+        if ".attentions." not in f".{name}":
+            continue
+        if any(name.endswith("." + s) for s in suffixes):
+            names.append(name)
+    return names
+
+
+def _add_lora(unet, opts) -> None:
+    import torch
+    from diffusers.training_utils import cast_training_params
+    from peft import LoraConfig
+
+    unet.requires_grad_(False)
+    config = LoraConfig(
+        r=opts["rank"],
+        lora_alpha=opts["alpha"],
+        init_lora_weights="gaussian",
+        target_modules=_lora_targets(unet, opts["lora_layers"]),
+    )
+    unet.add_adapter(config)
+    cast_training_params(unet, torch.float32)  # LoRA weights train in fp32 on a bf16/fp16 base
+
+
+@dermabench.hookimpl
+def register_generators(register):
+    register(StableDiffusionGenerator)
+    register(StableDiffusionXLGenerator)
