@@ -62,7 +62,6 @@ import logging
 import os
 import re
 import shutil
-import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -75,6 +74,7 @@ import dermabench
 from dermabench import Option, parse_options
 from dermabench.errors import DermabenchError, PluginError
 from dermabench.seeding import derive_seed
+from dermabench_plugins.trained_generator import TrainedGenerator
 
 if TYPE_CHECKING:  # torch and diffusers are imported when a model is needed (listing plugins stays fast)
     import torch
@@ -100,7 +100,7 @@ def _truthy(name: str) -> bool:
     return os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
 
 
-class StableDiffusionGenerator(dermabench.Generator):
+class StableDiffusionGenerator(TrainedGenerator):
     """Stable Diffusion 1.x/2.x + LoRA fine-tuned on captioned lesions; a tiny from-scratch SD on CPUs."""
 
     name = "sd15"
@@ -461,38 +461,6 @@ class StableDiffusionGenerator(dermabench.Generator):
             "diffusers": diffusers.__version__,
             "torch": torch.__version__,
         }
-
-    def fit(self, train: Sequence[dermabench.Sample], context: dermabench.RunContext) -> None:
-        opts = self.resolved(context)
-        pipe = self.load(context)
-        if self.config["lora"] is not None:
-            self._apply_lora(self._lora_file())
-        if opts["train"] == "none":
-            self._fitted = True
-            return
-        if not train:
-            raise PluginError(f"generator '{self.name}': the train pool is empty")
-        key = self._fit_key(train, opts, context)
-        fit_dir = Path(context.work_dir) / "fits" / key[:16]
-        final = fit_dir / "final"
-        t0 = time.perf_counter()
-        if (final / "done.json").is_file():
-            context.progress.log(f"{self.name}: reusing trained weights {final}")
-            self._load_trained(final, opts, context)
-            self.last_fit = {**json.loads((final / "done.json").read_text()), "reused": True}
-            self._fitted = True
-            return
-        fit_dir.mkdir(parents=True, exist_ok=True)
-        (fit_dir / "fit.json").write_text(json.dumps({"key": key, "options": opts}, indent=1, default=str))
-        result = self._train(pipe, train, opts, context, fit_dir / "checkpoints")
-        if not result.finished:  # stop_after (tests): a checkpoint is left, nothing final
-            self.last_fit = {"step": result.step, "finished": False, "resumed_from": result.resumed_from}
-            return
-        self._save_trained(final, opts, result, time.perf_counter() - t0)
-        shutil.rmtree(fit_dir / "checkpoints", ignore_errors=True)
-        self._load_trained(final, opts, context)
-        self.last_fit = {**json.loads((final / "done.json").read_text()), "reused": False}
-        self._fitted = True
 
     def generate(self, prompts: Sequence[dermabench.Prompt], context: dermabench.RunContext) -> list[Image.Image]:
         import torch
