@@ -196,6 +196,10 @@ def scan(root: Path, images: bool = True, csv_depth: int | None = CSV_SEARCH_DEP
     """
     tree = Tree(root)
     visited: set[str] = set()
+    # (path relative to root, path): sorted by the relative POSIX path, built as strings once per folder
+    # (Path.relative_to per file was a third of a cached HAM10000 load)
+    found_images: list[tuple[str, Path]] = []
+    found_csvs: list[tuple[str, Path]] = []
     for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
         real = os.path.realpath(dirpath)
         if real in visited:  # a symlink loop or a second link to a folder already walked
@@ -204,6 +208,7 @@ def scan(root: Path, images: bool = True, csv_depth: int | None = CSV_SEARCH_DEP
         visited.add(real)
         rel = os.path.relpath(dirpath, root)
         depth = 0 if rel == "." else rel.count(os.sep) + 1
+        prefix = "" if rel == "." else rel.replace(os.sep, "/") + "/"
         dirnames[:] = sorted(d for d in dirnames if not _skip_name(d))
         if not images and csv_depth is not None and depth >= csv_depth:
             dirnames[:] = []
@@ -212,11 +217,11 @@ def scan(root: Path, images: bool = True, csv_depth: int | None = CSV_SEARCH_DEP
                 continue
             suffix = os.path.splitext(name)[1].lower()
             if images and suffix in IMAGE_SUFFIXES:
-                tree.images.append(Path(dirpath, name))
+                found_images.append((prefix + name, Path(dirpath, name)))
             elif suffix == ".csv" and (csv_depth is None or depth <= csv_depth):
-                tree.csvs.append(Path(dirpath, name))
-    tree.images.sort(key=lambda p: p.relative_to(root).as_posix())
-    tree.csvs.sort(key=lambda p: p.relative_to(root).as_posix())
+                found_csvs.append((prefix + name, Path(dirpath, name)))
+    tree.images = [path for _, path in sorted(found_images, key=lambda pair: pair[0])]
+    tree.csvs = [path for _, path in sorted(found_csvs, key=lambda pair: pair[0])]
     return tree
 
 
@@ -327,6 +332,9 @@ def find_csv(
 
 
 def _rel(path: Path, root: Path) -> str:
+    text, base = str(path), str(root)
+    if text.startswith(base + os.sep):  # the common case, without Path.relative_to's parsing
+        return text[len(base) + 1 :].replace(os.sep, "/")
     try:
         return path.relative_to(root).as_posix()
     except ValueError:
