@@ -35,7 +35,7 @@ class RunConfig:
     """Everything that determines a run. `dermabench run` builds one; the result JSON stores it."""
 
     profile: str = "quick"
-    generator: str = "augment"
+    generator: str = "dermaflux"  # tiny and trained on the train pool in smoke/quick; FLUX.1-dev + LoRA in paper
     classifier: str = "cnn"
     dataset: str = "phantom"
     data_dir: str | None = None

@@ -25,8 +25,10 @@ def test_every_item_goes_to_exactly_one_process():
 
 def smoke_run(out: Path, processes: int) -> subprocess.CompletedProcess:
     launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(processes)]
+    # augment: a generator without a fit, so that the images depend on prompts and seeds alone (a fit under
+    # two processes trains data-parallel, with twice the images per step)
     command = [*(launcher if processes > 1 else [sys.executable]), "-m", "dermabench", "run", "--profile", "smoke",
-               "--out", str(out), "--quiet"]  # fmt: skip
+               "--generator", "augment", "--out", str(out), "--quiet"]  # fmt: skip
     # 120 prompts in shards of 50: three shards to share out
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "DERMABENCH_SHARD_SIZE": "50"}
     return subprocess.run(command, capture_output=True, text=True, env=env, timeout=1800)

@@ -152,7 +152,8 @@ def test_a_generator_that_deals_images_in_order_gets_one_call(tmp_path, monkeypa
 
 
 def dermabench_run(out: Path, *flags: str) -> subprocess.Popen:
-    command = [sys.executable, "-m", "dermabench", "run", "--profile", "smoke", "--out", str(out), *flags]
+    command = [sys.executable, "-m", "dermabench", "run", "--profile", "smoke", "--generator", "augment",
+               "--out", str(out), *flags]  # fmt: skip
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
 
