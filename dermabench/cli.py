@@ -10,10 +10,11 @@ from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from dermabench import leaderboard, plugins
 from dermabench.config import PROFILES, build_config, parse_options, read_config_file
-from dermabench.errors import DermabenchError
+from dermabench.errors import DermabenchError, storage_error
 from dermabench.generation import plugin_call
 
 app = typer.Typer(
@@ -31,14 +32,18 @@ KINDS = {"generators": "generator", "classifiers": "classifier", "datasets": "da
 
 
 def user_errors(command):
-    """Report DermabenchError as `error: ...` on stderr with exit code 2, without a traceback."""
+    """Report DermabenchError, and a disk that refused a write (full, read-only, not permitted), as `error: ...`
+    on stderr with exit code 2, without a traceback."""
 
     @functools.wraps(command)
     def wrapper(*args, **kwargs):
         try:
             return command(*args, **kwargs)
-        except DermabenchError as exc:
-            err.print(f"[bold red]error:[/bold red] {exc}", highlight=False)
+        except Exception as exc:
+            problem = exc if isinstance(exc, DermabenchError) else storage_error(exc)
+            if problem is None:
+                raise
+            err.print(f"[bold red]error:[/bold red] {escape(str(problem))}", highlight=False)
             raise typer.Exit(2) from None
 
     return wrapper
@@ -121,7 +126,9 @@ def run(
             from dermabench.report import write_report
 
             err.print(f"report: {write_report(result_path.parent)}", highlight=False)
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
+            if storage_error(exc) is not None:
+                raise  # a full or read-only disk ends the command; the re-run it asks for writes the report
             err.print(f"warning: report not written ({exc}); try `dermabench report {result_path.parent}`",
                       markup=False)  # fmt: skip
     out.print(leaderboard.render(results, "md"), end="", highlight=False)

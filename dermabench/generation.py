@@ -20,7 +20,7 @@ import numpy as np
 from PIL import Image
 
 from dermabench.api import Generator, Prompt, RunContext
-from dermabench.errors import DermabenchError, PluginError
+from dermabench.errors import DermabenchError, PluginError, StorageError, storage_errors
 from dermabench.images import to_square_rgb, to_uint8_array
 from dermabench.processes import Processes
 from dermabench.results import write_bytes_atomic
@@ -28,11 +28,16 @@ from dermabench.results import write_bytes_atomic
 
 @contextmanager
 def plugin_call(kind: str, name: str, method: str):
-    """Turn any exception a plugin raises into a PluginError naming the plugin and method."""
+    """Turn any exception a plugin raises into a PluginError naming the plugin and method.
+
+    A disk that refused the plugin's write (full, read-only, not permitted) is not the plugin's fault: that is a
+    StorageError, which ends the run the same way wherever it happens.
+    """
     try:
-        yield
+        with storage_errors(during=f"{kind} '{name}' ran {method}()"):
+            yield
     except DermabenchError as exc:
-        if f"'{name}'" in str(exc):
+        if isinstance(exc, StorageError) or f"'{name}'" in str(exc):
             raise
         # the plugin's own message, e.g. "the loss is not finite at step 3": say whose it is
         raise type(exc)(f"{kind} '{name}': {exc}") from exc

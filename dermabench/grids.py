@@ -9,13 +9,13 @@ a reader never sees half a file.
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont
 
 from dermabench.errors import DermabenchError
+from dermabench.results import atomic_file
 
 __all__ = ["image_grid", "save_grid"]
 
@@ -105,21 +105,9 @@ def save_grid(rows: Rows, path: str | os.PathLike[str], cell: int = 96, title: s
     """
     path = Path(path)
     sheet = image_grid(rows, cell=cell, title=title)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            _default_permissions(handle.fileno())
-            sheet.save(handle, format="PNG")
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
+    with atomic_file(path) as handle:
+        _default_permissions(handle.fileno())
+        sheet.save(handle, format="PNG")
     _fsync_dir(path.parent)
     return path
 

@@ -16,14 +16,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-from dermabench.results import write_json_atomic
+from dermabench.results import atomic_file, write_json_atomic
 
 
 def file_digest(path: Path) -> str:
@@ -98,12 +97,8 @@ class ImageCache:
         stack = np.stack([blank if array is None else array for _, array, _, _ in self._new])
         pack = hashlib.blake2b("".join(digests).encode(), digest_size=8).hexdigest()
         array_file = self.folder / f"pack-{pack}.npy"
-        tmp = array_file.with_suffix(f".tmp{os.getpid()}.npy")
-        with open(tmp, "wb") as handle:
+        with atomic_file(array_file) as handle:  # a failed write (a full disk) leaves no half pack behind
             np.save(handle, stack)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, array_file)
         meta = {
             "size": self.size,
             "digests": digests,

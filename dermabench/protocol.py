@@ -23,7 +23,7 @@ from dermabench import plugins
 from dermabench.api import LABEL_NAMES, Plugin, Progress, RunContext, Sample
 from dermabench.arms import build_arms, train_arms
 from dermabench.config import RunConfig
-from dermabench.errors import DermabenchError
+from dermabench.errors import DermabenchError, storage_errors
 from dermabench.fidelity_step import fidelity_and_memorization
 from dermabench import generation
 from dermabench.generation import plugin_call
@@ -148,15 +148,17 @@ class Run:
     def execute(self) -> Path:
         """Run every unfinished step and write the result; returns the result file's path.
 
-        A finished run is reported, not redone; an unfinished one resumes from its stage records.
+        A finished run is reported, not redone; an unfinished one resumes from its stage records. A full,
+        read-only or forbidden disk ends it with a StorageError naming the file; everything finished is kept.
         """
         result_path = self.run_dir / RESULT_FILE
-        if not result_path.exists():
-            if not self.processes.main:  # process 0 holds the lock for the group
-                return self._execute(result_path)
-            with RunLock(self.run_dir):
-                if not result_path.exists():  # another process may have finished it while we waited
+        with storage_errors(during=f"the run wrote into {self.run_dir}"):
+            if not result_path.exists():
+                if not self.processes.main:  # process 0 holds the lock for the group
                     return self._execute(result_path)
+                with RunLock(self.run_dir):
+                    if not result_path.exists():  # another process may have finished it while we waited
+                        return self._execute(result_path)
         self.already_finished = True
         self.progress.log(f"run {self.run_id} already finished: {result_path} (--force starts a new run beside it)")
         return result_path

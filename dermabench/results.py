@@ -13,11 +13,12 @@ import platform
 import subprocess
 import tempfile
 from collections.abc import Iterator
+from contextlib import contextmanager, suppress
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
-from dermabench.errors import DermabenchError
+from dermabench.errors import DermabenchError, storage_errors
 
 SCHEMA_VERSION = 1
 RESULT_FILE = "result.json"
@@ -36,31 +37,45 @@ TRACKED_PACKAGES = (
 )  # fmt: skip
 
 
-def write_bytes_atomic(path: Path, data: bytes, overwrite: bool = True) -> Path:
-    """Write `data` to `path` so that `path` holds either its old content or all of `data`."""
+@contextmanager
+def atomic_file(path: Path, overwrite: bool = True) -> Iterator[BinaryIO]:
+    """A binary handle whose bytes appear at `path` complete or not at all: a temp file in the same folder,
+    fsync, rename. A failed write leaves `path` as it was and removes the temp file; a full, read-only or
+    forbidden disk raises StorageError naming `path`.
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     if not overwrite and path.exists():
         raise DermabenchError(f"refusing to overwrite finished result {path}")
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    tmp = None
     try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        if overwrite:
-            os.replace(tmp, path)
-        else:
-            os.link(tmp, path)  # fails if `path` appeared meanwhile: never clobber a finished result
-            os.unlink(tmp)
-    except FileExistsError:
-        os.unlink(tmp)
-        raise DermabenchError(f"refusing to overwrite finished result {path}") from None
+        with storage_errors(path):  # a writer may wrap the OSError (torch.save: a RuntimeError from its zip writer)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+            with os.fdopen(fd, "wb") as handle:
+                yield handle
+                handle.flush()
+                os.fsync(handle.fileno())
+            if overwrite:
+                os.replace(tmp, path)
+                tmp = None
+            else:
+                try:
+                    os.link(tmp, path)  # fails if `path` appeared meanwhile: never clobber a finished result
+                except FileExistsError:
+                    raise DermabenchError(f"refusing to overwrite finished result {path}") from None
     except OSError as exc:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
         raise DermabenchError(f"cannot write {path}: {exc.strerror or exc}") from exc
-    return path
+    finally:
+        if tmp is not None:
+            with suppress(OSError):
+                os.unlink(tmp)
+
+
+def write_bytes_atomic(path: Path, data: bytes, overwrite: bool = True) -> Path:
+    """Write `data` to `path` so that `path` holds either its old content or all of `data`."""
+    with atomic_file(path, overwrite) as handle:
+        handle.write(data)
+    return Path(path)
 
 
 def write_json_atomic(path: Path, data: Any, overwrite: bool = True) -> Path:

@@ -17,6 +17,7 @@ import fcntl
 import hashlib
 import json
 import os
+from contextlib import suppress
 from pathlib import Path
 from typing import Any
 
@@ -85,10 +86,15 @@ class RunLock:
                 f"run {self.path.parent.name} is in progress in {holder}; wait for it, or use --force for a "
                 "separate run"
             ) from None
-        handle.seek(0)
-        handle.truncate()
-        handle.write(f"process {os.getpid()}")
-        handle.flush()
+        try:  # who holds it, for the message above; on a full disk this is the first write to fail
+            handle.seek(0)
+            handle.truncate()
+            handle.write(f"process {os.getpid()}")
+            handle.flush()
+        except OSError:
+            with suppress(OSError):  # closing flushes what did not fit again; the descriptor closes anyway
+                handle.close()  # releases the lock: a re-run in this process must not find it held
+            raise
         self.handle = handle
         return self
 

@@ -20,9 +20,10 @@ train_steps = 1000
 
 A cell whose run already finished (its `<out>/<run_id>/result.json` exists; run_id is the
 protocol's, from the run config's fingerprint) is skipped, so an interrupted sweep resumes where it
-stopped. A failing cell is reported and the sweep goes on. At the end the sweep writes the
-leaderboard of its cells (`leaderboard.md`, `.csv`, `.json`, `.tex`) and the HTML report with the
-accuracy/AUC-vs-n_synthetic plot (`synthetic_ratio.png`) into the out folder.
+stopped. A failing cell is reported and the sweep goes on; a full or read-only disk stops it (every
+later cell would fail the same way). At the end the sweep writes the leaderboard of its cells
+(`leaderboard.md`, `.csv`, `.json`, `.tex`) and the HTML report with the accuracy/AUC-vs-n_synthetic
+plot (`synthetic_ratio.png`) into the out folder.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ from typing import Any
 from dermabench import leaderboard, plugins
 from dermabench.api import Progress
 from dermabench.config import OPTION_TABLES, RunConfig, build_config
-from dermabench.errors import DermabenchError, unknown_name
+from dermabench.errors import DermabenchError, StorageError, unknown_name
 from dermabench.results import RESULT_FILE, validate_result
 
 __all__ = ["Cell", "SweepResult", "load_sweep", "run_sweep"]
@@ -184,6 +185,8 @@ def run_sweep(
         progress.log(f"cell {i}/{len(todo)}: {cell.label()} -> {cell.run_id}")
         try:
             runner(cell.config, progress)
+        except StorageError:  # a full or read-only disk fails every later cell too: stop, finished cells are kept
+            raise
         except DermabenchError as exc:  # a plugin failed or the data is unusable: keep going, report at the end
             cell.status, cell.error = "failed", str(exc)
             progress.log(f"cell {i}/{len(todo)} failed: {exc}")

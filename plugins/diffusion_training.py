@@ -497,20 +497,24 @@ def train(
         tmp = ckpt_dir / f".checkpoint-{step:07d}.tmp"
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir()
-        _save_tensors({k: v for k, v in params.items()}, tmp / "trainable.safetensors")
-        inner = getattr(optimizer, "optimizer", optimizer)  # accelerate's AcceleratedOptimizer wraps it
-        opt_tensors, opt_meta = _optimizer_tensors(inner, ordered)
-        _save_tensors(opt_tensors, tmp / "optimizer.safetensors")
-        if ema is not None:
-            _save_tensors(ema, tmp / "ema.safetensors")
-        state = {
-            "step": step,
-            "losses": losses,
-            "fingerprint": cfg.fingerprint(),
-            "objective": objective.describe(),
-            "optimizer": opt_meta,
-        }
-        (tmp / "state.json").write_text(json.dumps(state))  # written last: marks the folder complete
+        try:
+            _save_tensors({k: v for k, v in params.items()}, tmp / "trainable.safetensors")
+            inner = getattr(optimizer, "optimizer", optimizer)  # accelerate's AcceleratedOptimizer wraps it
+            opt_tensors, opt_meta = _optimizer_tensors(inner, ordered)
+            _save_tensors(opt_tensors, tmp / "optimizer.safetensors")
+            if ema is not None:
+                _save_tensors(ema, tmp / "ema.safetensors")
+            state = {
+                "step": step,
+                "losses": losses,
+                "fingerprint": cfg.fingerprint(),
+                "objective": objective.describe(),
+                "optimizer": opt_meta,
+            }
+            (tmp / "state.json").write_text(json.dumps(state))  # written last: marks the folder complete
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)  # a full disk: give back what the unfinished checkpoint took
+            raise
         shutil.rmtree(final, ignore_errors=True)
         os.replace(tmp, final)
         for _, old in _checkpoints(ckpt_dir)[: -max(1, cfg.keep_checkpoints)]:

@@ -74,7 +74,6 @@ import copy
 import hashlib
 import json
 import math
-import os
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -85,6 +84,7 @@ from PIL import Image
 
 import dermabench
 from dermabench.errors import PluginError
+from dermabench.results import atomic_file
 from dermabench.seeding import derive_seed
 
 if TYPE_CHECKING:  # torch is imported lazily so that listing plugins stays fast
@@ -237,13 +237,8 @@ class BatchIndices:
 def _save_checkpoint(path: Path, state: dict[str, Any]) -> None:
     import torch
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
-    with open(tmp, "wb") as handle:
+    with atomic_file(path) as handle:  # a failed write (a full disk) leaves no half checkpoint behind
         torch.save(state, handle)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
 
 
 def _load_checkpoint(path: Path, fingerprint: str) -> dict[str, Any] | None:
