@@ -39,7 +39,8 @@ from dermabench.sweep import run_sweep
 KEPT = "then re-run the same command; finished stages are kept"
 #: tiny settings: a run takes seconds with the in-test extractor and classifier below
 #: (the option as the command line gives it, so that `config` and `cli` make the same run)
-FLAGS = {"profile": "smoke", "extractor": "colour-stats", "classifier": "colour-mean", "n_real": 40,
+# augment: a generator without a fit keeps each run to seconds (the default, dermaflux, trains first)
+FLAGS = {"profile": "smoke", "generator": "augment", "extractor": "colour-stats", "classifier": "colour-mean", "n_real": 40,
          "n_synthetic": 40, "image_size": 24, "dataset_options": {"n": "120"}}  # fmt: skip
 
 
@@ -200,7 +201,8 @@ def config(out: Path, **flags):
 
 def cli(out: Path, *flags: str):
     """`dermabench run` with the tiny settings, in-process; returns the CliRunner result."""
-    args = ["run", "--profile", "smoke", "--out", str(out), "--quiet", "--extractor", "colour-stats",
+    args = ["run", "--profile", "smoke", "--generator", "augment", "--out", str(out), "--quiet",
+            "--extractor", "colour-stats",
             "--classifier", "colour-mean", "--n-real", "40", "--n-synthetic", "40", "--image-size", "24",
             "--dataset-opt", "n=120", *flags]  # fmt: skip
     return CliRunner().invoke(app, args)
