@@ -58,7 +58,6 @@ import hashlib
 import json
 import logging
 import os
-import re
 import shutil
 import warnings
 from collections.abc import Sequence
@@ -72,6 +71,14 @@ from PIL import Image
 import dermabench
 from dermabench.errors import DermabenchError, PluginError
 from dermabench.seeding import derive_seed
+from dermabench_plugins.model_files import (
+    LORA_FILE,
+    folder_identity,
+    json_hash,
+    lora_file,
+    model_location,
+    sha256_file,
+)
 from dermabench_plugins.trained_generator import TrainedGenerator
 
 if TYPE_CHECKING:  # torch and diffusers are imported when a model is needed (listing plugins stays fast)
@@ -81,7 +88,6 @@ if TYPE_CHECKING:  # torch and diffusers are imported when a model is needed (li
 #: bump when fitting or sampling changes, so cached weights and images are not reused
 ALGORITHM_VERSION = "1"
 TINY_MODELS = ("tiny", "micro")
-LORA_FILE = "pytorch_lora_weights.safetensors"
 ADAPTER = "dermaflux"
 
 #: LoRA target layers, by module-name suffix inside transformer_blocks / single_transformer_blocks
@@ -107,22 +113,6 @@ TINY_TRAIN_DEFAULTS = {
 log = logging.getLogger("dermabench.dermaflux")
 
 
-def _truthy(name: str) -> bool:
-    return os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
-
-
-def _sha256_file(path: Path, _cache: dict[tuple[str, int, int], str] = {}) -> str:  # noqa: B006 - a memo
-    stat = path.stat()
-    key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
-    if key not in _cache:
-        digest = hashlib.sha256()
-        with open(path, "rb") as handle:
-            for chunk in iter(lambda: handle.read(1 << 22), b""):
-                digest.update(chunk)
-        _cache[key] = digest.hexdigest()
-    return _cache[key]
-
-
 @contextlib.contextmanager
 def _quiet():
     """Silence diffusers/transformers warnings (CLIP's 77-token truncation notice for every long caption...)."""
@@ -146,10 +136,6 @@ def _quiet():
             dlogging.enable_progress_bar()
         if bars[1]:
             tlogging.enable_progress_bar()
-
-
-def _json_hash(data: Any) -> str:
-    return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()
 
 
 class DermaFluxGenerator(TrainedGenerator):
@@ -258,22 +244,7 @@ class DermaFluxGenerator(TrainedGenerator):
             _model_location(self.config["model"])  # fails early for a missing local folder
 
     def _lora_file(self) -> Path:
-        path = Path(os.path.expanduser(self.config["lora"]))
-        if path.is_dir():
-            candidates = [path / LORA_FILE] if (path / LORA_FILE).is_file() else sorted(path.glob("*.safetensors"))
-            if len(candidates) != 1:
-                raise DermabenchError(
-                    f"generator '{self.name}': LoRA folder {path} must hold {LORA_FILE} or exactly one .safetensors "
-                    f"file (found {len(candidates)})"
-                )
-            path = candidates[0]
-        if not path.is_file():
-            raise DermabenchError(f"generator '{self.name}': LoRA file not found: {path}")
-        if path.suffix != ".safetensors":
-            raise DermabenchError(
-                f"generator '{self.name}': LoRA files are loaded only as .safetensors (no pickles), got {path.name}"
-            )
-        return path
+        return lora_file(self.config["lora"], self.name)
 
     def resolved(self, context: dermabench.RunContext | None = None) -> dict[str, Any]:
         """Every option with its effective value (defaults that depend on the model/profile filled in)."""
@@ -346,16 +317,7 @@ class DermaFluxGenerator(TrainedGenerator):
 
                 self._model_info = {"tiny": model, "version": TINY_VERSION, "spec": _tiny_spec(model).to_dict()}
             else:
-                folder = _model_location(model)
-                files = {}
-                for path in sorted(folder.rglob("*")):
-                    if path.is_file() or path.is_symlink():
-                        rel = str(path.relative_to(folder))
-                        if path.suffix == ".json":
-                            files[rel] = hashlib.sha256(path.read_bytes()).hexdigest()
-                        elif path.suffix in (".safetensors", ".bin", ".model", ".txt"):
-                            files[rel] = path.stat().st_size
-                self._model_info = {"model": model, "snapshot": folder.name, "files": _json_hash(files)}
+                self._model_info = folder_identity(model, _model_location(model))
         return self._model_info
 
     def load(self, context: dermabench.RunContext) -> FluxPipeline:
@@ -422,7 +384,7 @@ class DermaFluxGenerator(TrainedGenerator):
         key: dict[str, Any] = {
             "algorithm": ALGORITHM_VERSION,
             "model": self.model_identity(),
-            "lora": _sha256_file(self._lora_file()) if self.config["lora"] is not None else None,
+            "lora": sha256_file(self._lora_file()) if self.config["lora"] is not None else None,
             "options": self.resolved(None),
             "diffusers": diffusers.__version__,
             "torch": torch.__version__,
@@ -517,7 +479,7 @@ class DermaFluxGenerator(TrainedGenerator):
         sampling = ("steps", "shift", "cfg", "batch_size", "offload", "vae_tiling", "vae_slicing", "lora_scale",
                     "checkpoint_every")
         fit_opts = {k: v for k, v in opts.items() if k not in sampling}
-        return _json_hash(
+        return json_hash(
             {
                 "algorithm": ALGORITHM_VERSION,
                 "model": self.model_identity(),
@@ -787,39 +749,17 @@ def _add_lora(transformer, opts) -> None:
     cast_training_params(transformer, torch.float32)  # LoRA weights train in fp32 on a bf16 base
 
 
-_HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
-
-
 def _model_location(model: str) -> Path:
     """The local folder of a FLUX model: the path itself, or its snapshot in the HF cache. Never downloads."""
-    path = Path(os.path.expanduser(model))
-    if path.exists():
-        if not path.is_dir() or not (path / "model_index.json").is_file():
-            raise DermabenchError(
-                f"generator 'dermaflux': {path} is not a diffusers FLUX folder (no model_index.json); "
-                "give the folder that holds model_index.json, transformer/, vae/, text_encoder*/, tokenizer*/"
-            )
-        return path
-    if not _HUB_ID.match(model) or model.startswith((".", "~", "/")):
-        raise DermabenchError(f"generator 'dermaflux': model folder not found: {path}")
-    from huggingface_hub import try_to_load_from_cache
-
-    cached = try_to_load_from_cache(model, "model_index.json")
-    if isinstance(cached, str):
-        return Path(cached).parent
-    offline = _truthy("HF_HUB_OFFLINE") or _truthy("TRANSFORMERS_OFFLINE")
-    from huggingface_hub import constants
-
-    where = constants.HF_HUB_CACHE
-    if offline:
-        raise DermabenchError(
-            f"generator 'dermaflux': model '{model}' is not in the Hugging Face cache ({where}) and HF_HUB_OFFLINE "
-            f"is set. Download it where there is network (`hf download {model}`, accepting its licence) or pass "
-            "model=/path/to/FLUX-folder"
-        )
-    raise DermabenchError(
-        f"generator 'dermaflux': model '{model}' is not in the Hugging Face cache ({where}). Download it first "
-        f"(`hf download {model}`; FLUX.1-dev needs its licence accepted on the hub) or pass model=/path/to/folder"
+    return model_location(
+        model,
+        "dermaflux",
+        kind="FLUX",
+        holds="transformer/, vae/, text_encoder*/, tokenizer*/",
+        offline=f"Download it where there is network (`hf download {model}`, accepting its licence) or pass "
+        "model=/path/to/FLUX-folder",
+        online=f"Download it first (`hf download {model}`; FLUX.1-dev needs its licence accepted on the hub) or "
+        "pass model=/path/to/folder",
     )
 
 

@@ -60,20 +60,27 @@ import hashlib
 import json
 import logging
 import os
-import re
 import shutil
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
-from dermabench_plugins.dermaflux import TINY_TRAIN_DEFAULTS, _center_resize, _json_hash, _quiet, _sha256_file
+from dermabench_plugins.dermaflux import TINY_TRAIN_DEFAULTS, _center_resize, _quiet
 from PIL import Image
 
 import dermabench
 from dermabench import Option, parse_options
 from dermabench.errors import DermabenchError, PluginError
 from dermabench.seeding import derive_seed
+from dermabench_plugins.model_files import (
+    LORA_FILE,
+    folder_identity,
+    json_hash,
+    lora_file,
+    model_location,
+    sha256_file,
+)
 from dermabench_plugins.trained_generator import TrainedGenerator
 
 if TYPE_CHECKING:  # torch and diffusers are imported when a model is needed (listing plugins stays fast)
@@ -83,7 +90,6 @@ if TYPE_CHECKING:  # torch and diffusers are imported when a model is needed (li
 #: bump when fitting or sampling changes, so cached weights and images are not reused
 ALGORITHM_VERSION = "1"
 TINY_MODELS = ("tiny", "micro")
-LORA_FILE = "pytorch_lora_weights.safetensors"
 ADAPTER = "sd"
 SAMPLERS = ("dpmsolver++", "ddim", "ddpm")
 
@@ -94,10 +100,6 @@ _PROJECTIONS = ("proj_in", "proj_out", "ff.net.0.proj", "ff.net.2")
 LORA_LAYERS = {"attention": _ATTENTION, "blocks": _ATTENTION + _PROJECTIONS}
 
 log = logging.getLogger("dermabench.stable_diffusion")
-
-
-def _truthy(name: str) -> bool:
-    return os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
 
 
 class StableDiffusionGenerator(TrainedGenerator):
@@ -215,22 +217,7 @@ class StableDiffusionGenerator(TrainedGenerator):
         return spec_from(self.config["model"], **({"prediction_type": chosen} if chosen else {}))
 
     def _lora_file(self) -> Path:
-        path = Path(os.path.expanduser(self.config["lora"]))
-        if path.is_dir():
-            candidates = [path / LORA_FILE] if (path / LORA_FILE).is_file() else sorted(path.glob("*.safetensors"))
-            if len(candidates) != 1:
-                raise DermabenchError(
-                    f"generator '{self.name}': LoRA folder {path} must hold {LORA_FILE} or exactly one .safetensors "
-                    f"file (found {len(candidates)})"
-                )
-            path = candidates[0]
-        if not path.is_file():
-            raise DermabenchError(f"generator '{self.name}': LoRA file not found: {path}")
-        if path.suffix != ".safetensors":
-            raise DermabenchError(
-                f"generator '{self.name}': LoRA files are loaded only as .safetensors (no pickles), got {path.name}"
-            )
-        return path
+        return lora_file(self.config["lora"], self.name)
 
     def resolved(self, context: dermabench.RunContext | None = None) -> dict[str, Any]:
         """Every option with its effective value (defaults that depend on the model/profile filled in)."""
@@ -309,33 +296,17 @@ class StableDiffusionGenerator(TrainedGenerator):
 
     def _model_location(self) -> Path:
         """The local folder of the model: the path itself, or its snapshot in the HF cache. Never downloads."""
-        model, name = self.config["model"], self.name
-        path = Path(os.path.expanduser(model))
-        if path.exists():
-            if not path.is_dir() or not (path / "model_index.json").is_file():
-                raise DermabenchError(
-                    f"generator '{name}': {path} is not a diffusers Stable Diffusion folder (no model_index.json); "
-                    f"give the folder that holds model_index.json, {', '.join(c + '/' for c in self._components)} "
-                    "(single-file .ckpt/.safetensors checkpoints: convert them with diffusers first)"
-                )
-            return path
-        if not _HUB_ID.match(model) or model.startswith((".", "~", "/")):
-            raise DermabenchError(f"generator '{name}': model folder not found: {path}")
-        from huggingface_hub import constants, try_to_load_from_cache
-
-        cached = try_to_load_from_cache(model, "model_index.json")
-        if isinstance(cached, str):
-            return Path(cached).parent
-        where = constants.HF_HUB_CACHE
-        if _truthy("HF_HUB_OFFLINE") or _truthy("TRANSFORMERS_OFFLINE"):
-            raise DermabenchError(
-                f"generator '{name}': model '{model}' is not in the Hugging Face cache ({where}) and HF_HUB_OFFLINE "
-                f"is set. Download it where there is network (`hf download {model}`) or pass "
-                "model=/path/to/diffusers-folder"
-            )
-        raise DermabenchError(
-            f"generator '{name}': model '{model}' is not in the Hugging Face cache ({where}). Download it first "
-            f"(`hf download {model}`, e.g. {self.example_hub_id}) or pass model=/path/to/diffusers-folder"
+        model = self.config["model"]
+        return model_location(
+            model,
+            self.name,
+            kind="Stable Diffusion",
+            holds=f"{', '.join(c + '/' for c in self._components)} (single-file .ckpt/.safetensors checkpoints: "
+            "convert them with diffusers first)",
+            offline=f"Download it where there is network (`hf download {model}`) or pass "
+            "model=/path/to/diffusers-folder",
+            online=f"Download it first (`hf download {model}`, e.g. {self.example_hub_id}) or pass "
+            "model=/path/to/diffusers-folder",
         )
 
     def model_identity(self) -> dict[str, Any]:
@@ -348,16 +319,7 @@ class StableDiffusionGenerator(TrainedGenerator):
                 self._model_info = {"tiny": model, "xl": self.xl, "version": TINY_VERSION,
                                     "spec": self._tiny_spec().to_dict()}
             else:
-                folder = self._model_location()
-                files = {}
-                for path in sorted(folder.rglob("*")):
-                    if path.is_file() or path.is_symlink():
-                        rel = str(path.relative_to(folder))
-                        if path.suffix == ".json":
-                            files[rel] = hashlib.sha256(path.read_bytes()).hexdigest()
-                        elif path.suffix in (".safetensors", ".bin", ".model", ".txt"):
-                            files[rel] = path.stat().st_size
-                self._model_info = {"model": model, "snapshot": folder.name, "files": _json_hash(files)}
+                self._model_info = folder_identity(model, self._model_location())
         return self._model_info
 
     def _from_pretrained(self, folder: Path, dtype) -> DiffusionPipeline:
@@ -456,7 +418,7 @@ class StableDiffusionGenerator(TrainedGenerator):
             "algorithm": ALGORITHM_VERSION,
             "generator": self.name,
             "model": self.model_identity(),
-            "lora": _sha256_file(self._lora_file()) if self.config["lora"] is not None else None,
+            "lora": sha256_file(self._lora_file()) if self.config["lora"] is not None else None,
             "options": self.resolved(None),
             "diffusers": diffusers.__version__,
             "torch": torch.__version__,
@@ -556,7 +518,7 @@ class StableDiffusionGenerator(TrainedGenerator):
         sampling = ("sampler", "steps", "guidance", "batch_size", "offload", "vae_tiling", "vae_slicing",
                     "lora_scale", "checkpoint_every")
         fit_opts = {k: v for k, v in opts.items() if k not in sampling}
-        return _json_hash(
+        return json_hash(
             {
                 "algorithm": ALGORITHM_VERSION,
                 "generator": self.name,
@@ -772,9 +734,6 @@ class UNetDenoiser:
 
 
 # ---------------------------------------------------------------------- helpers
-
-_HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
-
 
 def _modules(pipe) -> list:
     return [m for m in (pipe.unet, pipe.vae, pipe.text_encoder, getattr(pipe, "text_encoder_2", None)) if m is not None]
