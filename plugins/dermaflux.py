@@ -33,9 +33,9 @@ single-stream blocks, width 128 — over 8×8-pixel tokens of a fixed JPEG-like 
 "autoencoder", with frozen random-init CLIP/T5 encoders as fixed text feature
 maps over a word-level caption tokenizer) trained **from scratch,
 full-parameter** on the train pool (``train=full``), with a step budget set by
-the profile (`TINY_TRAIN_DEFAULTS`). ``train=lora`` on the tiny model exercises
-the paper's LoRA path (the tests check it), but a LoRA on a random base cannot
-learn lesions in minutes. The trained tiny pipeline is saved as an ordinary FLUX
+the profile (`trained_generator.TINY_TRAIN_DEFAULTS`). ``train=lora`` on the tiny
+model exercises the paper's LoRA path (the tests check it), but a LoRA on a
+random base cannot learn lesions in minutes. The trained tiny pipeline is saved as an ordinary FLUX
 folder (``model=<that folder>`` loads it).
 
 **Caching.** A fit with the same model, LoRA file, training options and train
@@ -54,7 +54,6 @@ Options (``--generator-opt key=value``; see `DermaFluxGenerator.option_specs`).
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import logging
 import os
@@ -65,20 +64,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
-from dermabench_plugins.image_classifier import Option, parse_options
+from dermabench_plugins.image_classifier import Option
 from PIL import Image
 
 import dermabench
 from dermabench.errors import DermabenchError, PluginError
 from dermabench.seeding import derive_seed
-from dermabench_plugins.model_files import (
-    LORA_FILE,
-    folder_identity,
-    json_hash,
-    lora_file,
-    model_location,
-    sha256_file,
-)
+from dermabench_plugins.model_files import LORA_FILE, model_location
 from dermabench_plugins.trained_generator import TrainedGenerator
 
 if TYPE_CHECKING:  # torch and diffusers are imported when a model is needed (listing plugins stays fast)
@@ -87,7 +79,6 @@ if TYPE_CHECKING:  # torch and diffusers are imported when a model is needed (li
 
 #: bump when fitting or sampling changes, so cached weights and images are not reused
 ALGORITHM_VERSION = "1"
-TINY_MODELS = ("tiny", "micro")
 ADAPTER = "dermaflux"
 
 #: LoRA target layers, by module-name suffix inside transformer_blocks / single_transformer_blocks
@@ -101,13 +92,6 @@ LORA_LAYERS = {
     "attention": _ATTENTION,
     "blocks": _ATTENTION + _PROJECTIONS,
     "all": _ATTENTION + _PROJECTIONS + _MODULATION,
-}
-
-#: tiny-model training defaults per profile (full-parameter, from scratch); see the module docstring
-TINY_TRAIN_DEFAULTS = {
-    "smoke": {"train_steps": 30, "train_batch_size": 16},
-    "quick": {"train_steps": 1000, "train_batch_size": 16},
-    "paper": {"train_steps": 4000, "train_batch_size": 32},
 }
 
 log = logging.getLogger("dermabench.dermaflux")
@@ -201,56 +185,17 @@ class DermaFluxGenerator(TrainedGenerator):
                                          "models, off for tiny)", optional=True),
     }
 
-    def __init__(self, **options: Any) -> None:
-        super().__init__(**options)
-        self.config = parse_options(f"generator '{self.name}'", options, self.option_specs, "--generator-opt")
-        self.pipe: FluxPipeline | None = None
-        self._fitted = False
-        self._lora_loaded = False
-        self._model_info: dict[str, Any] | None = None
-        self.last_fit: dict[str, Any] = {}
-        #: stop training after this step, leaving a checkpoint (tests simulate a killed fit with it)
-        self.stop_after: int | None = None
-        c = self.config
-        if c["lora"] is not None and c["train"] in ("lora", "full"):
-            raise DermabenchError(
-                f"generator '{self.name}': lora= applies a trained LoRA and train={c['train']} would train another; "
-                "use train=none with lora=, or drop lora= to train"
-            )
-        if c["offload"] != "none" and self.is_tiny:
-            raise DermabenchError(f"generator '{self.name}': offload is for full-size models on CUDA, not model=tiny")
-        self._check_paths()
+    #: dermaflux's sampling options: a fit's key leaves them out
+    sampling_options = ("steps", "shift", "cfg", "batch_size", "offload", "vae_tiling", "vae_slicing", "lora_scale",
+                        "checkpoint_every")
+    pipe: FluxPipeline | None
 
     # ------------------------------------------------------------------ resolution of options
-
-    @property
-    def is_tiny(self) -> bool:
-        return self.config["model"] in TINY_MODELS
-
-    @property
-    def train_mode(self) -> str:
-        mode = self.config["train"]
-        if mode != "auto":
-            return mode
-        if self.config["lora"] is not None:
-            return "none"
-        return "full" if self.is_tiny else "lora"
-
-    def _check_paths(self) -> None:
-        lora = self.config["lora"]
-        if lora is not None:
-            self._lora_file()  # fails early if missing or not safetensors
-        if not self.is_tiny:
-            _model_location(self.config["model"])  # fails early for a missing local folder
-
-    def _lora_file(self) -> Path:
-        return lora_file(self.config["lora"], self.name)
 
     def resolved(self, context: dermabench.RunContext | None = None) -> dict[str, Any]:
         """Every option with its effective value (defaults that depend on the model/profile filled in)."""
         c = dict(self.config)
         tiny = self.is_tiny
-        profile = context.profile if context is not None else "quick"
         if c["steps"] is None:
             c["steps"] = 12 if tiny else (28 if self._guidance_embeds() else 4)
         size = context.image_size if context is not None else 64
@@ -262,39 +207,10 @@ class DermaFluxGenerator(TrainedGenerator):
             c["batch_size"] = 64 if tiny else 4
         if c["max_sequence_length"] is None:
             c["max_sequence_length"] = _tiny_spec(c["model"]).max_sequence_length if tiny else 512
-        mode = self.train_mode
-        full = mode == "full"
-        if tiny and mode != "none":
-            defaults = TINY_TRAIN_DEFAULTS.get(profile, TINY_TRAIN_DEFAULTS["quick"])
-            c["train_steps"] = c["train_steps"] or defaults["train_steps"]
-            c["train_batch_size"] = c["train_batch_size"] or defaults["train_batch_size"]
-        c["train_steps"] = c["train_steps"] or 1000
-        c["train_batch_size"] = c["train_batch_size"] or 1
-        if c["lr"] is None:
-            c["lr"] = 1e-3 if full else 1e-4
-        if c["warmup"] is None:
-            c["warmup"] = max(1, c["train_steps"] // 20) if full else 0
-        if c["lr_schedule"] is None:
-            c["lr_schedule"] = "cosine" if full else "constant"
-        if c["gradient_checkpointing"] is None:
-            c["gradient_checkpointing"] = not tiny
-        c["train"] = mode
+        self._resolve_training(c, context.profile if context is not None else "quick")
         return c
 
     # ------------------------------------------------------------------ loading
-
-    def _device_dtype(self, context: dermabench.RunContext) -> tuple[str, torch.dtype]:
-        import torch
-
-        device = context.device
-        if device == "auto":
-            device = "cuda" if torch.cuda.is_available() else "cpu"
-        choice = self.config["dtype"]
-        if choice == "auto":
-            dtype = torch.bfloat16 if device.startswith("cuda") and not self.is_tiny else torch.float32
-        else:
-            dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[choice]
-        return device, dtype
 
     def _guidance_embeds(self) -> bool:
         """Whether the transformer has FLUX.1-dev's guidance embedding (read from its config, nothing loaded)."""
@@ -302,23 +218,35 @@ class DermaFluxGenerator(TrainedGenerator):
             return bool(self.pipe.transformer.config.guidance_embeds)
         if self.is_tiny:
             return _tiny_spec(self.config["model"]).guidance_embeds
-        config = _model_location(self.config["model"]) / "transformer" / "config.json"
+        config = self._model_location() / "transformer" / "config.json"
         try:
             return bool(json.loads(config.read_text()).get("guidance_embeds", False))
         except (OSError, ValueError):
             return True
 
-    def model_identity(self) -> dict[str, Any]:
-        """What identifies the base weights, without reading gigabytes: configs + weight file names and sizes."""
-        if self._model_info is None:
-            model = self.config["model"]
-            if model in TINY_MODELS:
-                from dermabench_plugins.flux_tiny import TINY_VERSION
+    def _model_location(self) -> Path:
+        """The local folder of a FLUX model: the path itself, or its snapshot in the HF cache. Never downloads."""
+        model = self.config["model"]
+        return model_location(
+            model,
+            self.name,
+            kind="FLUX",
+            holds="transformer/, vae/, text_encoder*/, tokenizer*/",
+            offline=f"Download it where there is network (`hf download {model}`, accepting its licence) or pass "
+            "model=/path/to/FLUX-folder",
+            online=f"Download it first (`hf download {model}`; FLUX.1-dev needs its licence accepted on the hub) "
+            "or pass model=/path/to/folder",
+        )
 
-                self._model_info = {"tiny": model, "version": TINY_VERSION, "spec": _tiny_spec(model).to_dict()}
-            else:
-                self._model_info = folder_identity(model, _model_location(model))
-        return self._model_info
+    def _tiny_identity(self) -> dict[str, Any]:
+        from dermabench_plugins.flux_tiny import TINY_VERSION
+
+        model = self.config["model"]
+        return {"tiny": model, "version": TINY_VERSION, "spec": _tiny_spec(model).to_dict()}
+
+    def _key_fields(self) -> dict[str, Any]:
+        """What names dermaflux in its fit and image-cache keys (frozen: users' caches are keyed on it)."""
+        return {"algorithm": ALGORITHM_VERSION}
 
     def load(self, context: dermabench.RunContext) -> FluxPipeline:
         """The base pipeline on the run's device (tiny: built; otherwise from the folder / HF cache)."""
@@ -336,7 +264,7 @@ class DermaFluxGenerator(TrainedGenerator):
                 pipe = build_tiny_flux(_tiny_spec(self.config["model"]), seed=derive_seed(context.seed, "dermaflux"))
                 pipe.to(device=device) if dtype == torch.float32 else pipe.to(device=device, dtype=dtype)
             else:
-                pipe = _load_flux(self.config["model"], dtype)
+                pipe = self._load_flux(dtype)
                 if self.config["offload"] == "model":
                     pipe.enable_model_cpu_offload()
                 elif self.config["offload"] == "sequential":
@@ -352,6 +280,24 @@ class DermaFluxGenerator(TrainedGenerator):
             module.eval()
         self.pipe = pipe
         return pipe
+
+    def _load_flux(self, dtype) -> FluxPipeline:
+        import dermabench_plugins.flux_tiny  # noqa: F401 - a saved tiny DermaFlux names DCTVAE as its VAE
+        from diffusers import FluxPipeline
+
+        folder = self._model_location()
+        missing = [
+            part
+            for part in ("transformer", "vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2", "scheduler")
+            if not (folder / part).is_dir()
+        ]
+        if missing:
+            raise DermabenchError(f"generator '{self.name}': the FLUX folder {folder} lacks {', '.join(missing)}")
+        try:
+            with _quiet():
+                return FluxPipeline.from_pretrained(folder, dtype=dtype, local_files_only=True, use_safetensors=True)
+        except (OSError, ValueError) as exc:
+            raise DermabenchError(f"generator '{self.name}': cannot load FLUX from {folder}: {exc}") from exc
 
     def _apply_lora(self, path: Path) -> None:
         """Load a LoRA file (diffusers/peft or kohya format) into the pipeline as adapter 'dermaflux'."""
@@ -376,20 +322,6 @@ class DermaFluxGenerator(TrainedGenerator):
         self._lora_loaded = True
 
     # ------------------------------------------------------------------ plugin API
-
-    def cache_key(self) -> dict[str, Any]:
-        import diffusers
-        import torch
-
-        key: dict[str, Any] = {
-            "algorithm": ALGORITHM_VERSION,
-            "model": self.model_identity(),
-            "lora": sha256_file(self._lora_file()) if self.config["lora"] is not None else None,
-            "options": self.resolved(None),
-            "diffusers": diffusers.__version__,
-            "torch": torch.__version__,
-        }
-        return key
 
     def generate(self, prompts: Sequence[dermabench.Prompt], context: dermabench.RunContext) -> list[Image.Image]:
         import torch
@@ -469,26 +401,6 @@ class DermaFluxGenerator(TrainedGenerator):
             for text, e, p in zip(chunk, pe, pp):
                 out[text] = (e, p)
         return out
-
-    def _fit_key(self, train: Sequence[dermabench.Sample], opts: dict[str, Any], context) -> str:
-        digest = hashlib.sha256()
-        for sample in train:
-            image = sample.image if sample.image.mode == "RGB" else sample.image.convert("RGB")
-            digest.update(f"{sample.label}\t{sample.caption}\t{image.size}\n".encode())
-            digest.update(image.tobytes())
-        sampling = ("steps", "shift", "cfg", "batch_size", "offload", "vae_tiling", "vae_slicing", "lora_scale",
-                    "checkpoint_every")
-        fit_opts = {k: v for k, v in opts.items() if k not in sampling}
-        return json_hash(
-            {
-                "algorithm": ALGORITHM_VERSION,
-                "model": self.model_identity(),
-                "options": fit_opts,
-                "seed": context.seed,
-                "train_pool": digest.hexdigest(),
-                "n": len(train),
-            }
-        )
 
     def _train(self, pipe, train, opts, context, checkpoint_dir: Path):
         import torch
@@ -747,39 +659,6 @@ def _add_lora(transformer, opts) -> None:
     )
     transformer.add_adapter(config)
     cast_training_params(transformer, torch.float32)  # LoRA weights train in fp32 on a bf16 base
-
-
-def _model_location(model: str) -> Path:
-    """The local folder of a FLUX model: the path itself, or its snapshot in the HF cache. Never downloads."""
-    return model_location(
-        model,
-        "dermaflux",
-        kind="FLUX",
-        holds="transformer/, vae/, text_encoder*/, tokenizer*/",
-        offline=f"Download it where there is network (`hf download {model}`, accepting its licence) or pass "
-        "model=/path/to/FLUX-folder",
-        online=f"Download it first (`hf download {model}`; FLUX.1-dev needs its licence accepted on the hub) or "
-        "pass model=/path/to/folder",
-    )
-
-
-def _load_flux(model: str, dtype) -> FluxPipeline:
-    import dermabench_plugins.flux_tiny  # noqa: F401 - a saved tiny DermaFlux names DCTVAE as its VAE
-    from diffusers import FluxPipeline
-
-    folder = _model_location(model)
-    missing = [
-        part
-        for part in ("transformer", "vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2", "scheduler")
-        if not (folder / part).is_dir()
-    ]
-    if missing:
-        raise DermabenchError(f"generator 'dermaflux': the FLUX folder {folder} lacks {', '.join(missing)}")
-    try:
-        with _quiet():
-            return FluxPipeline.from_pretrained(folder, dtype=dtype, local_files_only=True, use_safetensors=True)
-    except (OSError, ValueError) as exc:
-        raise DermabenchError(f"generator 'dermaflux': cannot load FLUX from {folder}: {exc}") from exc
 
 
 @dermabench.hookimpl

@@ -37,8 +37,8 @@ text encoder over the same word tokenizer, on the same fixed DCT latent space as
 DermaFlux tiny, SD's noise schedule with SD 2.x's v-prediction (ε, SD 1.5's target,
 samples only noise after the CPU budget; ``prediction_type=epsilon`` to see it) —
 trained **from scratch, full-parameter** with DermaFlux tiny's per-profile budget
-(`dermaflux.TINY_TRAIN_DEFAULTS`: same steps × batch), learning rate, warm-up and
-schedule. ``sdxl`` with ``model=tiny`` builds the SDXL variant
+(`trained_generator.TINY_TRAIN_DEFAULTS`: same steps × batch), learning rate,
+warm-up and schedule. ``sdxl`` with ``model=tiny`` builds the SDXL variant
 (two text encoders, size conditioning). ``model=micro`` is for tests.
 
 **Sampling.** ``sampler=`` ``dpmsolver++`` (the default: DPM-Solver++ 2M,
@@ -56,7 +56,6 @@ CPU ``torch.Generator`` seeded with ``prompt.seed``, so an image depends on its 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -66,21 +65,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
-from dermabench_plugins.dermaflux import TINY_TRAIN_DEFAULTS, _center_resize, _quiet
+from dermabench_plugins.dermaflux import _center_resize, _quiet
 from PIL import Image
 
 import dermabench
-from dermabench import Option, parse_options
+from dermabench import Option
 from dermabench.errors import DermabenchError, PluginError
 from dermabench.seeding import derive_seed
-from dermabench_plugins.model_files import (
-    LORA_FILE,
-    folder_identity,
-    json_hash,
-    lora_file,
-    model_location,
-    sha256_file,
-)
+from dermabench_plugins.model_files import LORA_FILE, model_location
 from dermabench_plugins.trained_generator import TrainedGenerator
 
 if TYPE_CHECKING:  # torch and diffusers are imported when a model is needed (listing plugins stays fast)
@@ -89,7 +81,6 @@ if TYPE_CHECKING:  # torch and diffusers are imported when a model is needed (li
 
 #: bump when fitting or sampling changes, so cached weights and images are not reused
 ALGORITHM_VERSION = "1"
-TINY_MODELS = ("tiny", "micro")
 ADAPTER = "sd"
 SAMPLERS = ("dpmsolver++", "ddim", "ddpm")
 
@@ -166,49 +157,20 @@ class StableDiffusionGenerator(TrainedGenerator):
                                          "models, off for tiny)", optional=True),
     }
 
-    def __init__(self, **options: Any) -> None:
-        super().__init__(**options)
-        self.config = parse_options(f"generator '{self.name}'", options, self.option_specs, "--generator-opt")
-        self.pipe: DiffusionPipeline | None = None
-        self._fitted = False
-        self._lora_loaded = False
-        self._model_info: dict[str, Any] | None = None
-        self._scheduler_config: dict[str, Any] | None = None
-        self.last_fit: dict[str, Any] = {}
-        #: stop training after this step, leaving a checkpoint (tests simulate a killed fit with it)
-        self.stop_after: int | None = None
-        c = self.config
-        if c["lora"] is not None and c["train"] in ("lora", "full"):
-            raise DermabenchError(
-                f"generator '{self.name}': lora= applies a trained LoRA and train={c['train']} would train another; "
-                "use train=none with lora=, or drop lora= to train"
-            )
-        if c["offload"] != "none" and self.is_tiny:
-            raise DermabenchError(f"generator '{self.name}': offload is for full-size models on CUDA, not model=tiny")
-        if c["prediction_type"] is not None and not self.is_tiny:
+    #: sd15/sdxl's sampling options: a fit's key leaves them out
+    sampling_options = ("sampler", "steps", "guidance", "batch_size", "offload", "vae_tiling", "vae_slicing",
+                        "lora_scale", "checkpoint_every")
+    pipe: DiffusionPipeline | None
+    _scheduler_config: dict[str, Any] | None = None
+
+    def _check_options(self) -> None:
+        if self.config["prediction_type"] is not None and not self.is_tiny:
             raise DermabenchError(
                 f"generator '{self.name}': prediction_type is for tiny models; a full-size model trains with the "
                 "target its scheduler config declares"
             )
-        if c["lora"] is not None:
-            self._lora_file()  # fails early if missing or not safetensors
-        if not self.is_tiny:
-            self._model_location()  # fails early for a missing local folder or an uncached hub id
 
     # ------------------------------------------------------------------ resolution of options
-
-    @property
-    def is_tiny(self) -> bool:
-        return self.config["model"] in TINY_MODELS
-
-    @property
-    def train_mode(self) -> str:
-        mode = self.config["train"]
-        if mode != "auto":
-            return mode
-        if self.config["lora"] is not None:
-            return "none"
-        return "full" if self.is_tiny else "lora"
 
     def _tiny_spec(self):
         from dermabench_plugins.sd_tiny import spec_from
@@ -216,14 +178,10 @@ class StableDiffusionGenerator(TrainedGenerator):
         chosen = self.config["prediction_type"]
         return spec_from(self.config["model"], **({"prediction_type": chosen} if chosen else {}))
 
-    def _lora_file(self) -> Path:
-        return lora_file(self.config["lora"], self.name)
-
     def resolved(self, context: dermabench.RunContext | None = None) -> dict[str, Any]:
         """Every option with its effective value (defaults that depend on the model/profile filled in)."""
         c = dict(self.config)
         tiny = self.is_tiny
-        profile = context.profile if context is not None else "quick"
         if c["steps"] is None:
             c["steps"] = 12 if tiny else 25
         if c["guidance"] is None:
@@ -234,26 +192,10 @@ class StableDiffusionGenerator(TrainedGenerator):
                 c[side] = size if tiny else self._native_size()
         if c["batch_size"] is None:
             c["batch_size"] = 64 if tiny else 4
-        mode = self.train_mode
-        full = mode == "full"
-        if tiny and mode != "none":
-            # the same budget as DermaFlux tiny: same steps × batch per profile
-            defaults = TINY_TRAIN_DEFAULTS.get(profile, TINY_TRAIN_DEFAULTS["quick"])
-            c["train_steps"] = c["train_steps"] or defaults["train_steps"]
-            c["train_batch_size"] = c["train_batch_size"] or defaults["train_batch_size"]
-        c["train_steps"] = c["train_steps"] or 1000
-        c["train_batch_size"] = c["train_batch_size"] or 1
-        if c["lr"] is None:
-            c["lr"] = 1e-3 if full else 1e-4
-        if c["warmup"] is None:
-            c["warmup"] = max(1, c["train_steps"] // 20) if full else 0
-        if c["lr_schedule"] is None:
-            c["lr_schedule"] = "cosine" if full else "constant"
-        if c["gradient_checkpointing"] is None:
-            c["gradient_checkpointing"] = not tiny
+        # tiny models: the same budget as DermaFlux tiny (same steps × batch per profile)
+        self._resolve_training(c, context.profile if context is not None else "quick")
         if tiny:
             c["prediction_type"] = self._tiny_spec().prediction_type
-        c["train"] = mode
         return c
 
     def _native_size(self) -> int:
@@ -269,19 +211,6 @@ class StableDiffusionGenerator(TrainedGenerator):
             return 1024 if self.xl else 512
 
     # ------------------------------------------------------------------ loading
-
-    def _device_dtype(self, context: dermabench.RunContext) -> tuple[str, torch.dtype]:
-        import torch
-
-        device = context.device
-        if device == "auto":
-            device = "cuda" if torch.cuda.is_available() else "cpu"
-        choice = self.config["dtype"]
-        if choice == "auto":
-            dtype = torch.bfloat16 if device.startswith("cuda") and not self.is_tiny else torch.float32
-        else:
-            dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[choice]
-        return device, dtype
 
     @property
     def _components(self) -> tuple[str, ...]:
@@ -309,18 +238,16 @@ class StableDiffusionGenerator(TrainedGenerator):
             "model=/path/to/diffusers-folder",
         )
 
-    def model_identity(self) -> dict[str, Any]:
-        """What identifies the base weights, without reading gigabytes: configs + weight file names and sizes."""
-        if self._model_info is None:
-            model = self.config["model"]
-            if model in TINY_MODELS:
-                from dermabench_plugins.sd_tiny import TINY_VERSION
+    def _tiny_identity(self) -> dict[str, Any]:
+        from dermabench_plugins.sd_tiny import TINY_VERSION
 
-                self._model_info = {"tiny": model, "xl": self.xl, "version": TINY_VERSION,
-                                    "spec": self._tiny_spec().to_dict()}
-            else:
-                self._model_info = folder_identity(model, self._model_location())
-        return self._model_info
+        return {"tiny": self.config["model"], "xl": self.xl, "version": TINY_VERSION,
+                "spec": self._tiny_spec().to_dict()}
+
+    def _key_fields(self) -> dict[str, Any]:
+        """What names the generator in its fit and image-cache keys (frozen: users' caches are keyed on it).
+        sd15 and sdxl share options and tiny presets: the name keeps their fits and images apart."""
+        return {"algorithm": ALGORITHM_VERSION, "generator": self.name}
 
     def _from_pretrained(self, folder: Path, dtype) -> DiffusionPipeline:
         import dermabench_plugins.sd_tiny  # noqa: F401 - a saved tiny SD names BlockDCTVAE as its VAE
@@ -410,20 +337,6 @@ class StableDiffusionGenerator(TrainedGenerator):
 
     # ------------------------------------------------------------------ plugin API
 
-    def cache_key(self) -> dict[str, Any]:
-        import diffusers
-        import torch
-
-        return {
-            "algorithm": ALGORITHM_VERSION,
-            "generator": self.name,
-            "model": self.model_identity(),
-            "lora": sha256_file(self._lora_file()) if self.config["lora"] is not None else None,
-            "options": self.resolved(None),
-            "diffusers": diffusers.__version__,
-            "torch": torch.__version__,
-        }
-
     def generate(self, prompts: Sequence[dermabench.Prompt], context: dermabench.RunContext) -> list[Image.Image]:
         import torch
 
@@ -508,27 +421,6 @@ class StableDiffusionGenerator(TrainedGenerator):
         if self.xl and self.pipe.config.get("force_zeros_for_empty_prompt", False):
             pe, pooled = torch.zeros_like(pe), torch.zeros_like(pooled)
         return pe, pooled
-
-    def _fit_key(self, train: Sequence[dermabench.Sample], opts: dict[str, Any], context) -> str:
-        digest = hashlib.sha256()
-        for sample in train:
-            image = sample.image if sample.image.mode == "RGB" else sample.image.convert("RGB")
-            digest.update(f"{sample.label}\t{sample.caption}\t{image.size}\n".encode())
-            digest.update(image.tobytes())
-        sampling = ("sampler", "steps", "guidance", "batch_size", "offload", "vae_tiling", "vae_slicing",
-                    "lora_scale", "checkpoint_every")
-        fit_opts = {k: v for k, v in opts.items() if k not in sampling}
-        return json_hash(
-            {
-                "algorithm": ALGORITHM_VERSION,
-                "generator": self.name,
-                "model": self.model_identity(),
-                "options": fit_opts,
-                "seed": context.seed,
-                "train_pool": digest.hexdigest(),
-                "n": len(train),
-            }
-        )
 
     def _train(self, pipe, train, opts, context, checkpoint_dir: Path):
         import torch

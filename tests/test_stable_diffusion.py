@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 from dermabench_plugins import stable_diffusion
-from dermabench_plugins.dermaflux import TINY_TRAIN_DEFAULTS, DermaFluxGenerator
+from dermabench_plugins.dermaflux import DermaFluxGenerator
 from dermabench_plugins.diffusion_training import DDPMObjective, TrainConfig, TrainingSet, latest_checkpoint, train
 from dermabench_plugins.sd_tiny import PRESETS, BlockDCTVAE, build_tiny_sd
 from dermabench_plugins.stable_diffusion import (
@@ -17,6 +17,7 @@ from dermabench_plugins.stable_diffusion import (
     StableDiffusionXLGenerator,
     UNetDenoiser,
 )
+from dermabench_plugins.trained_generator import TINY_TRAIN_DEFAULTS
 from PIL import Image
 
 import dermabench
