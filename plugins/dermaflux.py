@@ -53,12 +53,8 @@ Options (``--generator-opt key=value``; see `DermaFluxGenerator.option_specs`).
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
-import os
-import shutil
-import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -70,8 +66,8 @@ from PIL import Image
 import dermabench
 from dermabench.errors import DermabenchError, PluginError
 from dermabench.seeding import derive_seed
-from dermabench_plugins.model_files import LORA_FILE, model_location
-from dermabench_plugins.trained_generator import TrainedGenerator
+from dermabench_plugins.model_files import model_location
+from dermabench_plugins.trained_generator import TrainedGenerator, quiet
 
 if TYPE_CHECKING:  # torch and diffusers are imported when a model is needed (listing plugins stays fast)
     import torch
@@ -79,7 +75,6 @@ if TYPE_CHECKING:  # torch and diffusers are imported when a model is needed (li
 
 #: bump when fitting or sampling changes, so cached weights and images are not reused
 ALGORITHM_VERSION = "1"
-ADAPTER = "dermaflux"
 
 #: LoRA target layers, by module-name suffix inside transformer_blocks / single_transformer_blocks
 _ATTENTION = (
@@ -95,31 +90,6 @@ LORA_LAYERS = {
 }
 
 log = logging.getLogger("dermabench.dermaflux")
-
-
-@contextlib.contextmanager
-def _quiet():
-    """Silence diffusers/transformers warnings (CLIP's 77-token truncation notice for every long caption...)."""
-    from diffusers.utils import logging as dlogging
-    from transformers.utils import logging as tlogging
-
-    saved = dlogging.get_verbosity(), tlogging.get_verbosity()
-    bars = dlogging.is_progress_bar_enabled(), tlogging.is_progress_bar_enabled()
-    dlogging.set_verbosity_error()
-    tlogging.set_verbosity_error()
-    dlogging.disable_progress_bar()
-    tlogging.disable_progress_bar()
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", FutureWarning)
-            yield
-    finally:
-        dlogging.set_verbosity(saved[0])
-        tlogging.set_verbosity(saved[1])
-        if bars[0]:
-            dlogging.enable_progress_bar()
-        if bars[1]:
-            tlogging.enable_progress_bar()
 
 
 class DermaFluxGenerator(TrainedGenerator):
@@ -189,6 +159,10 @@ class DermaFluxGenerator(TrainedGenerator):
     sampling_options = ("steps", "shift", "cfg", "batch_size", "offload", "vae_tiling", "vae_slicing", "lora_scale",
                         "checkpoint_every")
     pipe: FluxPipeline | None
+    trained_component = "transformer"
+    _components = ("transformer", "vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2", "scheduler")
+    model_folder = "FLUX folder"
+    adapter = "dermaflux"
 
     # ------------------------------------------------------------------ resolution of options
 
@@ -248,78 +222,42 @@ class DermaFluxGenerator(TrainedGenerator):
         """What names dermaflux in its fit and image-cache keys (frozen: users' caches are keyed on it)."""
         return {"algorithm": ALGORITHM_VERSION}
 
-    def load(self, context: dermabench.RunContext) -> FluxPipeline:
-        """The base pipeline on the run's device (tiny: built; otherwise from the folder / HF cache)."""
-        if self.pipe is not None:
-            return self.pipe
-        import torch
+    # ------------------------------------------------------------------ loading
 
-        device, dtype = self._device_dtype(context)
-        if self.config["offload"] != "none" and not device.startswith("cuda"):
-            raise DermabenchError(f"generator '{self.name}': offload={self.config['offload']} needs a CUDA device")
-        with _quiet():
-            if self.is_tiny:
-                from dermabench_plugins.flux_tiny import build_tiny_flux
+    @property
+    def _pipeline_class(self):
+        from diffusers import FluxPipeline
 
-                pipe = build_tiny_flux(_tiny_spec(self.config["model"]), seed=derive_seed(context.seed, "dermaflux"))
-                pipe.to(device=device) if dtype == torch.float32 else pipe.to(device=device, dtype=dtype)
-            else:
-                pipe = self._load_flux(dtype)
-                if self.config["offload"] == "model":
-                    pipe.enable_model_cpu_offload()
-                elif self.config["offload"] == "sequential":
-                    pipe.enable_sequential_cpu_offload()
-                else:
-                    pipe.to(device)
-        if self.config["vae_tiling"]:
-            pipe.vae.enable_tiling()
-        if self.config["vae_slicing"]:
-            pipe.vae.enable_slicing()
-        pipe.set_progress_bar_config(disable=True)
-        for module in (pipe.transformer, pipe.text_encoder, pipe.text_encoder_2, pipe.vae):
-            module.eval()
-        self.pipe = pipe
-        return pipe
+        return FluxPipeline
 
-    def _load_flux(self, dtype) -> FluxPipeline:
+    def _build_tiny(self, context: dermabench.RunContext) -> FluxPipeline:
+        from dermabench_plugins.flux_tiny import build_tiny_flux
+
+        return build_tiny_flux(_tiny_spec(self.config["model"]), seed=derive_seed(context.seed, "dermaflux"))
+
+    def _from_pretrained(self, folder: Path, dtype) -> FluxPipeline:
         import dermabench_plugins.flux_tiny  # noqa: F401 - a saved tiny DermaFlux names DCTVAE as its VAE
         from diffusers import FluxPipeline
 
-        folder = self._model_location()
-        missing = [
-            part
-            for part in ("transformer", "vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2", "scheduler")
-            if not (folder / part).is_dir()
-        ]
-        if missing:
-            raise DermabenchError(f"generator '{self.name}': the FLUX folder {folder} lacks {', '.join(missing)}")
         try:
-            with _quiet():
+            with quiet():
                 return FluxPipeline.from_pretrained(folder, dtype=dtype, local_files_only=True, use_safetensors=True)
         except (OSError, ValueError) as exc:
             raise DermabenchError(f"generator '{self.name}': cannot load FLUX from {folder}: {exc}") from exc
 
-    def _apply_lora(self, path: Path) -> None:
-        """Load a LoRA file (diffusers/peft or kohya format) into the pipeline as adapter 'dermaflux'."""
-        pipe = self.pipe
-        assert pipe is not None
-        if self._lora_loaded:
-            pipe.delete_adapters(ADAPTER)
-        try:
-            with _quiet():
-                pipe.load_lora_weights(str(path.parent), weight_name=path.name, adapter_name=ADAPTER,
-                                       use_safetensors=True, local_files_only=True)
-        except (ValueError, KeyError, RuntimeError, OSError) as exc:
-            raise DermabenchError(f"generator '{self.name}': cannot apply LoRA {path}: {exc}") from exc
-        from dermabench_plugins.flux_tiny import DCTVAE
+    def _load_saved_pipeline(self, folder: Path, context: dermabench.RunContext) -> None:
+        """A fully trained pipeline, as `_save_trained` wrote it."""
+        import dermabench_plugins.flux_tiny  # noqa: F401 - from_pretrained finds DCTVAE only if imported
+        from diffusers import FluxPipeline
 
-        if isinstance(pipe.vae, DCTVAE) and (path.parent / "vae.safetensors").is_file():
-            # a tiny DermaFlux LoRA fit keeps its VAE's train-pool standardisation beside the LoRA
-            from safetensors.torch import load_file
-
-            pipe.vae.load_state_dict(load_file(str(path.parent / "vae.safetensors")))
-        pipe.set_adapters([ADAPTER], adapter_weights=[self.config["lora_scale"]])
-        self._lora_loaded = True
+        device, dtype = self._device_dtype(context)
+        with quiet():
+            pipe = FluxPipeline.from_pretrained(folder, local_files_only=True, dtype=dtype)
+        pipe.to(device)
+        pipe.set_progress_bar_config(disable=True)
+        for module in self._modules(pipe):
+            module.eval()
+        self.pipe = pipe
 
     # ------------------------------------------------------------------ plugin API
 
@@ -365,7 +303,7 @@ class DermaFluxGenerator(TrainedGenerator):
                 }
             # one generator per prompt, on the CPU: an image depends on its seed only
             generators = [torch.Generator("cpu").manual_seed(int(p.seed)) for p in batch]
-            with torch.inference_mode(), _quiet():
+            with torch.inference_mode(), quiet():
                 out = pipe(
                     prompt_embeds=pe,
                     pooled_prompt_embeds=pp,
@@ -394,7 +332,7 @@ class DermaFluxGenerator(TrainedGenerator):
         device = pipe._execution_device
         for start in range(0, len(unique), 64):
             chunk = unique[start : start + 64]
-            with torch.inference_mode(), _quiet():
+            with torch.inference_mode(), quiet():
                 pe, pp, _ = pipe.encode_prompt(
                     prompt=chunk, prompt_2=None, device=device, max_sequence_length=opts["max_sequence_length"]
                 )
@@ -415,7 +353,7 @@ class DermaFluxGenerator(TrainedGenerator):
         else:
             transformer.requires_grad_(True)
             if transformer.dtype != torch.float32:
-                with _quiet():
+                with quiet():
                     transformer.to(torch.float32)
         if opts["gradient_checkpointing"]:
             transformer.enable_gradient_checkpointing()
@@ -495,69 +433,6 @@ class DermaFluxGenerator(TrainedGenerator):
         null = {"prompt_embeds": embeds[""][0][None].cpu(), "pooled": embeds[""][1][None].cpu()}
         augment = vae.augment if isinstance(vae, DCTVAE) else None  # conv VAE latents flip with the image
         return TrainingSet(latents.to(storage), {"prompt_embeds": prompt_embeds, "pooled": pooled}, null, augment)
-
-    def _save_trained(self, final: Path, opts, result, seconds: float) -> None:
-        from accelerate import PartialState
-
-        state = PartialState()
-        if not state.is_main_process:  # under `accelerate launch`: one process writes, the others wait
-            state.wait_for_everyone()
-            return
-        tmp = final.parent / (final.name + ".tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        pipe = self.pipe
-        if opts["train"] == "lora":
-            from diffusers import FluxPipeline
-            from peft.utils import get_peft_model_state_dict
-
-            layers = get_peft_model_state_dict(pipe.transformer)
-            # the adapter's peft config travels in the file's metadata (rank, alpha, targets)
-            metadata = pipe.transformer.peft_config["default"].to_dict()
-            FluxPipeline.save_lora_weights(tmp, transformer_lora_layers=layers, weight_name=LORA_FILE,
-                                           transformer_lora_adapter_metadata=metadata)
-            from dermabench_plugins.flux_tiny import DCTVAE
-
-            if isinstance(pipe.vae, DCTVAE):  # tiny: the VAE's train-pool standardisation goes beside the LoRA
-                from safetensors.torch import save_file
-
-                save_file({k: v.contiguous() for k, v in pipe.vae.state_dict().items()}, str(tmp / "vae.safetensors"))
-        else:
-            with _quiet():
-                pipe.save_pretrained(tmp, safe_serialization=True)
-        info = {
-            "train": opts["train"],
-            "steps": result.step,
-            "seconds": round(seconds, 2),
-            "first_loss": result.losses[0] if result.losses else None,
-            "final_loss": float(np.mean(result.losses[-20:])) if result.losses else None,
-            "resumed_from": result.resumed_from,
-        }
-        (tmp / "done.json").write_text(json.dumps(info, indent=1))
-        shutil.rmtree(final, ignore_errors=True)
-        os.replace(tmp, final)
-        state.wait_for_everyone()
-
-    def _load_trained(self, final: Path, opts, context) -> None:
-        """Switch the pipeline to the saved trained weights (the same code path for fresh and cached fits)."""
-        if opts["train"] == "lora":
-            pipe = self.load(context)
-            if "default" in getattr(pipe.transformer, "peft_config", {}):
-                pipe.transformer.delete_adapters("default")
-            self._apply_lora(final / LORA_FILE)
-        else:
-            import dermabench_plugins.flux_tiny  # noqa: F401 - from_pretrained finds DCTVAE only if imported
-            from diffusers import FluxPipeline
-
-            device, dtype = self._device_dtype(context)
-            with _quiet():
-                pipe = FluxPipeline.from_pretrained(final, local_files_only=True, dtype=dtype)
-            pipe.to(device)
-            pipe.set_progress_bar_config(disable=True)
-            for module in (pipe.transformer, pipe.text_encoder, pipe.text_encoder_2, pipe.vae):
-                module.eval()
-            self.pipe = pipe
-
 
 # ---------------------------------------------------------------------- the FLUX half of training
 

@@ -58,22 +58,20 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import shutil
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
-from dermabench_plugins.dermaflux import _center_resize, _quiet
+from dermabench_plugins.dermaflux import _center_resize
 from PIL import Image
 
 import dermabench
 from dermabench import Option
 from dermabench.errors import DermabenchError, PluginError
 from dermabench.seeding import derive_seed
-from dermabench_plugins.model_files import LORA_FILE, model_location
-from dermabench_plugins.trained_generator import TrainedGenerator
+from dermabench_plugins.model_files import model_location
+from dermabench_plugins.trained_generator import TrainedGenerator, quiet
 
 if TYPE_CHECKING:  # torch and diffusers are imported when a model is needed (listing plugins stays fast)
     import torch
@@ -81,7 +79,6 @@ if TYPE_CHECKING:  # torch and diffusers are imported when a model is needed (li
 
 #: bump when fitting or sampling changes, so cached weights and images are not reused
 ALGORITHM_VERSION = "1"
-ADAPTER = "sd"
 SAMPLERS = ("dpmsolver++", "ddim", "ddpm")
 
 #: LoRA targets, by module-name suffix inside the UNet's attention (transformer) blocks
@@ -161,6 +158,9 @@ class StableDiffusionGenerator(TrainedGenerator):
     sampling_options = ("sampler", "steps", "guidance", "batch_size", "offload", "vae_tiling", "vae_slicing",
                         "lora_scale", "checkpoint_every")
     pipe: DiffusionPipeline | None
+    trained_component = "unet"
+    adapter = "sd"
+    #: the model's noise schedule: the samplers and the DDPM objective are built from it
     _scheduler_config: dict[str, Any] | None = None
 
     def _check_options(self) -> None:
@@ -254,75 +254,27 @@ class StableDiffusionGenerator(TrainedGenerator):
 
         extra = {"add_watermarker": False} if self.xl else {"safety_checker": None, "requires_safety_checker": False}
         try:
-            with _quiet():
+            with quiet():
                 return self._pipeline_class.from_pretrained(folder, dtype=dtype, local_files_only=True,
                                                             use_safetensors=True, **extra)
         except (OSError, ValueError, TypeError) as exc:
             raise DermabenchError(f"generator '{self.name}': cannot load {folder}: {exc}") from exc
 
-    def load(self, context: dermabench.RunContext) -> DiffusionPipeline:
-        """The base pipeline on the run's device (tiny: built; otherwise from the folder / HF cache)."""
-        if self.pipe is not None:
-            return self.pipe
-        import torch
+    def _build_tiny(self, context: dermabench.RunContext) -> DiffusionPipeline:
+        from dermabench_plugins.sd_tiny import build_tiny_sd
 
-        device, dtype = self._device_dtype(context)
-        if self.config["offload"] != "none" and not device.startswith("cuda"):
-            raise DermabenchError(f"generator '{self.name}': offload={self.config['offload']} needs a CUDA device")
-        with _quiet():
-            if self.is_tiny:
-                from dermabench_plugins.sd_tiny import build_tiny_sd
-
-                pipe = build_tiny_sd(self._tiny_spec(), seed=derive_seed(context.seed, self.name), xl=self.xl)
-                pipe.to(device=device) if dtype == torch.float32 else pipe.to(device=device, dtype=dtype)
-            else:
-                folder = self._model_location()
-                missing = [part for part in self._components if not (folder / part).is_dir()]
-                if missing:
-                    raise DermabenchError(f"generator '{self.name}': the model folder {folder} lacks "
-                                          f"{', '.join(missing)}")
-                pipe = self._from_pretrained(folder, dtype)
-                if self.config["offload"] == "model":
-                    pipe.enable_model_cpu_offload()
-                elif self.config["offload"] == "sequential":
-                    pipe.enable_sequential_cpu_offload()
-                else:
-                    pipe.to(device)
-        self._setup(pipe)
-        return pipe
+        return build_tiny_sd(self._tiny_spec(), seed=derive_seed(context.seed, self.name), xl=self.xl)
 
     def _setup(self, pipe) -> None:
-        if self.config["vae_tiling"]:
-            pipe.vae.enable_tiling()
-        if self.config["vae_slicing"]:
-            pipe.vae.enable_slicing()
-        pipe.set_progress_bar_config(disable=True)
-        for module in _modules(pipe):
-            module.eval()
+        super()._setup(pipe)
         self._scheduler_config = dict(pipe.scheduler.config)
-        self.pipe = pipe
 
-    def _apply_lora(self, path: Path) -> None:
-        """Load a LoRA file (diffusers/peft or kohya format) into the pipeline as adapter 'sd'."""
-        pipe = self.pipe
-        assert pipe is not None
-        if self._lora_loaded:
-            pipe.delete_adapters(ADAPTER)
-        try:
-            with _quiet():
-                pipe.load_lora_weights(str(path.parent), weight_name=path.name, adapter_name=ADAPTER,
-                                       use_safetensors=True, local_files_only=True)
-        except (ValueError, KeyError, RuntimeError, OSError) as exc:
-            raise DermabenchError(f"generator '{self.name}': cannot apply LoRA {path}: {exc}") from exc
-        from dermabench_plugins.flux_tiny import DCTVAE
-
-        if isinstance(pipe.vae, DCTVAE) and (path.parent / "vae.safetensors").is_file():
-            # a tiny LoRA fit keeps its VAE's train-pool standardisation beside the LoRA
-            from safetensors.torch import load_file
-
-            pipe.vae.load_state_dict(load_file(str(path.parent / "vae.safetensors")))
-        pipe.set_adapters([ADAPTER], adapter_weights=[self.config["lora_scale"]])
-        self._lora_loaded = True
+    def _load_saved_pipeline(self, folder: Path, context: dermabench.RunContext) -> None:
+        """A fully trained pipeline, as `_save_trained` wrote it: an ordinary diffusers folder."""
+        device, dtype = self._device_dtype(context)
+        pipe = self._from_pretrained(folder, dtype)
+        pipe.to(device)
+        self._setup(pipe)
 
     def _sampler(self, opts: dict[str, Any]):
         """The chosen sampler, built from the model's scheduler config (same betas and prediction type)."""
@@ -374,7 +326,7 @@ class StableDiffusionGenerator(TrainedGenerator):
                     extra["negative_pooled_prompt_embeds"] = negative[1][None].expand_as(pooled).contiguous()
             # one generator per prompt, on the CPU: an image depends on its seed only
             generators = [torch.Generator("cpu").manual_seed(int(p.seed)) for p in batch]
-            with torch.inference_mode(), _quiet():
+            with torch.inference_mode(), quiet():
                 out = pipe(
                     prompt_embeds=pe,
                     height=height,
@@ -401,7 +353,7 @@ class StableDiffusionGenerator(TrainedGenerator):
         device = pipe._execution_device
         for start in range(0, len(unique), 64):
             chunk = unique[start : start + 64]
-            with torch.inference_mode(), _quiet():
+            with torch.inference_mode(), quiet():
                 if self.xl:
                     pe, _, pooled, _ = pipe.encode_prompt(prompt=chunk, device=device, num_images_per_prompt=1,
                                                           do_classifier_free_guidance=False)
@@ -435,7 +387,7 @@ class StableDiffusionGenerator(TrainedGenerator):
         else:
             unet.requires_grad_(True)
             if unet.dtype != torch.float32:
-                with _quiet():
+                with quiet():
                     unet.to(torch.float32)
         if opts["gradient_checkpointing"]:
             unet.enable_gradient_checkpointing()
@@ -527,60 +479,6 @@ class StableDiffusionGenerator(TrainedGenerator):
         augment = vae.augment if isinstance(vae, DCTVAE) else None  # conv VAE latents flip with the image
         return TrainingSet(latents.to(storage), conditioning, null, augment)
 
-    def _save_trained(self, final: Path, opts, result, seconds: float) -> None:
-        from accelerate import PartialState
-
-        state = PartialState()
-        if not state.is_main_process:  # under `accelerate launch`: one process writes, the others wait
-            state.wait_for_everyone()
-            return
-        tmp = final.parent / (final.name + ".tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        pipe = self.pipe
-        if opts["train"] == "lora":
-            from dermabench_plugins.flux_tiny import DCTVAE
-            from peft.utils import get_peft_model_state_dict
-
-            layers = get_peft_model_state_dict(pipe.unet)
-            # the adapter's peft config travels in the file's metadata (rank, alpha, targets)
-            metadata = pipe.unet.peft_config["default"].to_dict()
-            self._pipeline_class.save_lora_weights(tmp, unet_lora_layers=layers, weight_name=LORA_FILE,
-                                                   unet_lora_adapter_metadata=metadata)
-            if isinstance(pipe.vae, DCTVAE):  # tiny: the VAE's train-pool standardisation goes beside the LoRA
-                from safetensors.torch import save_file
-
-                save_file({k: v.contiguous() for k, v in pipe.vae.state_dict().items()}, str(tmp / "vae.safetensors"))
-        else:
-            with _quiet():
-                pipe.save_pretrained(tmp, safe_serialization=True)
-        info = {
-            "train": opts["train"],
-            "steps": result.step,
-            "seconds": round(seconds, 2),
-            "first_loss": result.losses[0] if result.losses else None,
-            "final_loss": float(np.mean(result.losses[-20:])) if result.losses else None,
-            "resumed_from": result.resumed_from,
-        }
-        (tmp / "done.json").write_text(json.dumps(info, indent=1))
-        shutil.rmtree(final, ignore_errors=True)
-        os.replace(tmp, final)
-        state.wait_for_everyone()
-
-    def _load_trained(self, final: Path, opts, context) -> None:
-        """Switch the pipeline to the saved trained weights (the same code path for fresh and cached fits)."""
-        if opts["train"] == "lora":
-            pipe = self.load(context)
-            if "default" in getattr(pipe.unet, "peft_config", {}):
-                pipe.unet.delete_adapters("default")
-            self._apply_lora(final / LORA_FILE)
-        else:
-            device, dtype = self._device_dtype(context)
-            pipe = self._from_pretrained(final, dtype)
-            pipe.to(device)
-            self._setup(pipe)
-
-
 class StableDiffusionXLGenerator(StableDiffusionGenerator):
     """SDXL + LoRA fine-tuned on captioned lesions; a tiny from-scratch SDXL-architecture model on CPUs."""
 
@@ -626,10 +524,6 @@ class UNetDenoiser:
 
 
 # ---------------------------------------------------------------------- helpers
-
-def _modules(pipe) -> list:
-    return [m for m in (pipe.unet, pipe.vae, pipe.text_encoder, getattr(pipe, "text_encoder_2", None)) if m is not None]
-
 
 def _snap(size: int, pipe) -> int:
     """Round a side to what the UNet can make: a multiple of the VAE's downscale × the UNet's downsampling."""

@@ -15,18 +15,23 @@ and sets `sampling_options`.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import os
 import shutil
 import time
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
+import numpy as np
+
 import dermabench
 from dermabench import parse_options
 from dermabench.errors import DermabenchError, PluginError
-from dermabench_plugins.model_files import folder_identity, json_hash, lora_file, sha256_file
+from dermabench_plugins.model_files import LORA_FILE, folder_identity, json_hash, lora_file, sha256_file
 
 if TYPE_CHECKING:  # torch is imported when a model is needed (listing plugins stays fast)
     import torch
@@ -42,6 +47,31 @@ TINY_TRAIN_DEFAULTS = {
 }
 
 
+@contextlib.contextmanager
+def quiet():
+    """Silence diffusers/transformers warnings (CLIP's 77-token truncation notice for every long caption...)."""
+    from diffusers.utils import logging as dlogging
+    from transformers.utils import logging as tlogging
+
+    saved = dlogging.get_verbosity(), tlogging.get_verbosity()
+    bars = dlogging.is_progress_bar_enabled(), tlogging.is_progress_bar_enabled()
+    dlogging.set_verbosity_error()
+    tlogging.set_verbosity_error()
+    dlogging.disable_progress_bar()
+    tlogging.disable_progress_bar()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            yield
+    finally:
+        dlogging.set_verbosity(saved[0])
+        tlogging.set_verbosity(saved[1])
+        if bars[0]:
+            dlogging.enable_progress_bar()
+        if bars[1]:
+            tlogging.enable_progress_bar()
+
+
 class TrainedGenerator(dermabench.Generator):
     """A generator whose `fit` trains (or reuses) weights under `work_dir/fits/<key>/`."""
 
@@ -49,6 +79,13 @@ class TrainedGenerator(dermabench.Generator):
     last_fit: dict[str, Any] = {}
     #: options that change how images are sampled from the weights, not the weights: a fit's key leaves them out
     sampling_options: ClassVar[tuple[str, ...]] = ()
+    #: the pipeline component that fit trains (FLUX: "transformer", SD: "unet")
+    trained_component: ClassVar[str]
+    #: the folders a model folder must hold, and what an error calls such a folder
+    _components: ClassVar[tuple[str, ...]]
+    model_folder: ClassVar[str] = "model folder"
+    #: the peft adapter name a LoRA file is loaded as
+    adapter: ClassVar[str]
 
     def __init__(self, **options: Any) -> None:
         super().__init__(**options)
@@ -171,6 +208,75 @@ class TrainedGenerator(dermabench.Generator):
             }
         )
 
+    # ------------------------------------------------------------------ loading
+
+    def load(self, context: dermabench.RunContext):
+        """The base pipeline on the run's device (tiny: built; otherwise from the folder / HF cache)."""
+        if self.pipe is not None:
+            return self.pipe
+        import torch
+
+        device, dtype = self._device_dtype(context)
+        if self.config["offload"] != "none" and not device.startswith("cuda"):
+            raise DermabenchError(f"generator '{self.name}': offload={self.config['offload']} needs a CUDA device")
+        with quiet():
+            if self.is_tiny:
+                pipe = self._build_tiny(context)
+                pipe.to(device=device) if dtype == torch.float32 else pipe.to(device=device, dtype=dtype)
+            else:
+                folder = self._model_location()
+                missing = [part for part in self._components if not (folder / part).is_dir()]
+                if missing:
+                    raise DermabenchError(
+                        f"generator '{self.name}': the {self.model_folder} {folder} lacks {', '.join(missing)}"
+                    )
+                pipe = self._from_pretrained(folder, dtype)
+                if self.config["offload"] == "model":
+                    pipe.enable_model_cpu_offload()
+                elif self.config["offload"] == "sequential":
+                    pipe.enable_sequential_cpu_offload()
+                else:
+                    pipe.to(device)
+        self._setup(pipe)
+        return pipe
+
+    def _modules(self, pipe) -> list:
+        parts = (getattr(pipe, self.trained_component), pipe.vae, pipe.text_encoder, getattr(pipe, "text_encoder_2", None))
+        return [m for m in parts if m is not None]
+
+    def _setup(self, pipe) -> None:
+        """Make a loaded pipeline this generator's: memory switches, no progress bars, eval mode."""
+        if self.config["vae_tiling"]:
+            pipe.vae.enable_tiling()
+        if self.config["vae_slicing"]:
+            pipe.vae.enable_slicing()
+        pipe.set_progress_bar_config(disable=True)
+        for module in self._modules(pipe):
+            module.eval()
+        self.pipe = pipe
+
+    def _apply_lora(self, path: Path) -> None:
+        """Load a LoRA file (diffusers/peft or kohya format) into the pipeline as adapter `self.adapter`."""
+        pipe = self.pipe
+        assert pipe is not None
+        if self._lora_loaded:
+            pipe.delete_adapters(self.adapter)
+        try:
+            with quiet():
+                pipe.load_lora_weights(str(path.parent), weight_name=path.name, adapter_name=self.adapter,
+                                       use_safetensors=True, local_files_only=True)
+        except (ValueError, KeyError, RuntimeError, OSError) as exc:
+            raise DermabenchError(f"generator '{self.name}': cannot apply LoRA {path}: {exc}") from exc
+        from dermabench_plugins.flux_tiny import DCTVAE
+
+        if isinstance(pipe.vae, DCTVAE) and (path.parent / "vae.safetensors").is_file():
+            # a tiny model's LoRA fit keeps its VAE's train-pool standardisation beside the LoRA
+            from safetensors.torch import load_file
+
+            pipe.vae.load_state_dict(load_file(str(path.parent / "vae.safetensors")))
+        pipe.set_adapters([self.adapter], adapter_weights=[self.config["lora_scale"]])
+        self._lora_loaded = True
+
     # ------------------------------------------------------------------ fit
 
     def fit(self, train: Sequence[dermabench.Sample], context: dermabench.RunContext) -> None:
@@ -204,3 +310,56 @@ class TrainedGenerator(dermabench.Generator):
         self._load_trained(final, opts, context)
         self.last_fit = {**json.loads((final / "done.json").read_text()), "reused": False}
         self._fitted = True
+
+    def _save_trained(self, final: Path, opts, result, seconds: float) -> None:
+        from accelerate import PartialState
+
+        state = PartialState()
+        if not state.is_main_process:  # under `accelerate launch`: one process writes, the others wait
+            state.wait_for_everyone()
+            return
+        tmp = final.parent / (final.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        pipe = self.pipe
+        if opts["train"] == "lora":
+            from dermabench_plugins.flux_tiny import DCTVAE
+            from peft.utils import get_peft_model_state_dict
+
+            trained = getattr(pipe, self.trained_component)
+            layers = get_peft_model_state_dict(trained)
+            # the adapter's peft config travels in the file's metadata (rank, alpha, targets)
+            metadata = trained.peft_config["default"].to_dict()
+            part = self.trained_component  # diffusers names the arguments after the component
+            self._pipeline_class.save_lora_weights(
+                tmp, weight_name=LORA_FILE, **{f"{part}_lora_layers": layers, f"{part}_lora_adapter_metadata": metadata}
+            )
+            if isinstance(pipe.vae, DCTVAE):  # tiny: the VAE's train-pool standardisation goes beside the LoRA
+                from safetensors.torch import save_file
+
+                save_file({k: v.contiguous() for k, v in pipe.vae.state_dict().items()}, str(tmp / "vae.safetensors"))
+        else:
+            with quiet():
+                pipe.save_pretrained(tmp, safe_serialization=True)
+        info = {
+            "train": opts["train"],
+            "steps": result.step,
+            "seconds": round(seconds, 2),
+            "first_loss": result.losses[0] if result.losses else None,
+            "final_loss": float(np.mean(result.losses[-20:])) if result.losses else None,
+            "resumed_from": result.resumed_from,
+        }
+        (tmp / "done.json").write_text(json.dumps(info, indent=1))
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(tmp, final)
+        state.wait_for_everyone()
+
+    def _load_trained(self, final: Path, opts, context) -> None:
+        """Switch the pipeline to the saved trained weights (the same code path for fresh and cached fits)."""
+        if opts["train"] == "lora":
+            trained = getattr(self.load(context), self.trained_component)
+            if "default" in getattr(trained, "peft_config", {}):
+                trained.delete_adapters("default")
+            self._apply_lora(final / LORA_FILE)
+        else:
+            self._load_saved_pipeline(final, context)

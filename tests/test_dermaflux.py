@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 from dermabench_plugins import dermaflux
-from dermabench_plugins.dermaflux import LORA_FILE, DermaFluxGenerator, FluxDenoiser
+from dermabench_plugins.dermaflux import DermaFluxGenerator, FluxDenoiser
 from dermabench_plugins.diffusion_training import (
     DDPMObjective,
     RectifiedFlow,
@@ -19,6 +19,7 @@ from dermabench_plugins.diffusion_training import (
     train,
 )
 from dermabench_plugins.flux_tiny import PRESETS, build_tiny_flux, word_tokenizer
+from dermabench_plugins.model_files import LORA_FILE
 from PIL import Image
 
 import dermabench

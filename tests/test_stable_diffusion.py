@@ -10,13 +10,9 @@ import torch
 from dermabench_plugins import stable_diffusion
 from dermabench_plugins.dermaflux import DermaFluxGenerator
 from dermabench_plugins.diffusion_training import DDPMObjective, TrainConfig, TrainingSet, latest_checkpoint, train
+from dermabench_plugins.model_files import LORA_FILE
 from dermabench_plugins.sd_tiny import PRESETS, BlockDCTVAE, build_tiny_sd
-from dermabench_plugins.stable_diffusion import (
-    LORA_FILE,
-    StableDiffusionGenerator,
-    StableDiffusionXLGenerator,
-    UNetDenoiser,
-)
+from dermabench_plugins.stable_diffusion import StableDiffusionGenerator, StableDiffusionXLGenerator, UNetDenoiser
 from dermabench_plugins.trained_generator import TINY_TRAIN_DEFAULTS
 from PIL import Image
 
