@@ -55,16 +55,12 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
-import numpy as np
-from dermabench_plugins.image_classifier import Option
-from PIL import Image
-
 import dermabench
-from dermabench.errors import DermabenchError, PluginError
+from dermabench import Option
+from dermabench.errors import DermabenchError
 from dermabench.seeding import derive_seed
 from dermabench_plugins.model_files import model_location
 from dermabench_plugins.trained_generator import TrainedGenerator, quiet
@@ -155,14 +151,16 @@ class DermaFluxGenerator(TrainedGenerator):
                                          "models, off for tiny)", optional=True),
     }
 
-    #: dermaflux's sampling options: a fit's key leaves them out
+    #: the options that change sampling, not the trained weights: a fit's key leaves them out
     sampling_options = ("steps", "shift", "cfg", "batch_size", "offload", "vae_tiling", "vae_slicing", "lora_scale",
                         "checkpoint_every")
     pipe: FluxPipeline | None
+    #: fit trains FLUX's transformer; a LoRA file is loaded as adapter "dermaflux"
     trained_component = "transformer"
+    adapter = "dermaflux"
     _components = ("transformer", "vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2", "scheduler")
     model_folder = "FLUX folder"
-    adapter = "dermaflux"
+    latent_chunk = 4  # a 1024 px FLUX VAE encode is memory-hungry
 
     # ------------------------------------------------------------------ resolution of options
 
@@ -184,8 +182,6 @@ class DermaFluxGenerator(TrainedGenerator):
         self._resolve_training(c, context.profile if context is not None else "quick")
         return c
 
-    # ------------------------------------------------------------------ loading
-
     def _guidance_embeds(self) -> bool:
         """Whether the transformer has FLUX.1-dev's guidance embedding (read from its config, nothing loaded)."""
         if self.pipe is not None:
@@ -197,6 +193,8 @@ class DermaFluxGenerator(TrainedGenerator):
             return bool(json.loads(config.read_text()).get("guidance_embeds", False))
         except (OSError, ValueError):
             return True
+
+    # ------------------------------------------------------------------ the model: where, what, how it loads
 
     def _model_location(self) -> Path:
         """The local folder of a FLUX model: the path itself, or its snapshot in the HF cache. Never downloads."""
@@ -221,8 +219,6 @@ class DermaFluxGenerator(TrainedGenerator):
     def _key_fields(self) -> dict[str, Any]:
         """What names dermaflux in its fit and image-cache keys (frozen: users' caches are keyed on it)."""
         return {"algorithm": ALGORITHM_VERSION}
-
-    # ------------------------------------------------------------------ loading
 
     @property
     def _pipeline_class(self):
@@ -259,180 +255,79 @@ class DermaFluxGenerator(TrainedGenerator):
             module.eval()
         self.pipe = pipe
 
-    # ------------------------------------------------------------------ plugin API
+    # ------------------------------------------------------------------ what sampling FLUX differs in
 
-    def generate(self, prompts: Sequence[dermabench.Prompt], context: dermabench.RunContext) -> list[Image.Image]:
-        import torch
+    def _encode_text(self, pipe, texts: list[str], device, opts) -> tuple[torch.Tensor, torch.Tensor]:
+        """T5 sequence embeddings (L×D each) and CLIP pooled ones (P each)."""
+        pe, pp, _ = pipe.encode_prompt(
+            prompt=texts, prompt_2=None, device=device, max_sequence_length=opts["max_sequence_length"]
+        )
+        return pe, pp
 
-        opts = self.resolved(context)
-        if not self._fitted and opts["train"] != "none":
-            raise PluginError(
-                f"generator '{self.name}': generate called before fit (train={opts['train']}); "
-                "call fit, or use train=none for the base model"
-            )
-        pipe = self.load(context)
-        if self.config["lora"] is not None and not self._lora_loaded:
-            self._apply_lora(self._lora_file())
-        if not prompts:
-            return []
-        height, width = _snap(opts["height"], pipe), _snap(opts["width"], pipe)
-        # several processes: the host hands each its own shards of prompts (dermabench/processes.py)
-        own = list(prompts)
+    def _sampling_setup(self, pipe, opts) -> dict[str, tuple[torch.Tensor, torch.Tensor]] | None:
+        """The timestep shift asked for; the empty caption's embeddings when true CFG is on (cfg > 1)."""
         if opts["shift"] is not None:
             from diffusers import FlowMatchEulerDiscreteScheduler
 
             pipe.scheduler = FlowMatchEulerDiscreteScheduler.from_config(
                 pipe.scheduler.config, use_dynamic_shifting=False, shift=opts["shift"]
             )
-        embeds = self._encode_prompts([p.text for p in own], opts)
-        negative = self._encode_prompts([""], opts) if opts["cfg"] > 1 else None
-        arrays: list[np.ndarray] = []
-        batches = range(0, len(own), opts["batch_size"])
-        batches = context.progress.track(batches, f"dermaflux: {len(own)} images", total=len(batches))
-        for start in batches:
-            batch = own[start : start + opts["batch_size"]]
-            texts = [p.text for p in batch]
-            pe = torch.stack([embeds[t][0] for t in texts])
-            pp = torch.stack([embeds[t][1] for t in texts])
-            extra: dict[str, Any] = {}
-            if negative is not None:
-                extra = {
-                    "negative_prompt_embeds": negative[""][0].expand_as(pe).contiguous(),
-                    "negative_pooled_prompt_embeds": negative[""][1].expand_as(pp).contiguous(),
-                    "true_cfg_scale": opts["cfg"],
-                }
-            # one generator per prompt, on the CPU: an image depends on its seed only
-            generators = [torch.Generator("cpu").manual_seed(int(p.seed)) for p in batch]
-            with torch.inference_mode(), quiet():
-                out = pipe(
-                    prompt_embeds=pe,
-                    pooled_prompt_embeds=pp,
-                    height=height,
-                    width=width,
-                    num_inference_steps=opts["steps"],
-                    guidance_scale=opts["guidance"],
-                    generator=generators,
-                    max_sequence_length=opts["max_sequence_length"],
-                    output_type="np",
-                    **extra,
-                ).images
-            arrays.extend(np.clip(np.round(array * 255), 0, 255).astype(np.uint8) for array in out)
-        return [Image.fromarray(array, "RGB") for array in arrays]
+        return self._encode_prompts([""], opts) if opts["cfg"] > 1 else None
 
-    # ------------------------------------------------------------------ internals
-
-    def _encode_prompts(self, texts: Sequence[str], opts: dict[str, Any]) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-        """(prompt_embeds L×D, pooled P) per distinct text, computed once, in chunks."""
+    def _batch_inputs(self, batch, embeds, negative, opts) -> dict[str, Any]:
         import torch
 
-        pipe = self.pipe
-        assert pipe is not None
-        unique = list(dict.fromkeys(texts))
-        out: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
-        device = pipe._execution_device
-        for start in range(0, len(unique), 64):
-            chunk = unique[start : start + 64]
-            with torch.inference_mode(), quiet():
-                pe, pp, _ = pipe.encode_prompt(
-                    prompt=chunk, prompt_2=None, device=device, max_sequence_length=opts["max_sequence_length"]
-                )
-            for text, e, p in zip(chunk, pe, pp):
-                out[text] = (e, p)
-        return out
+        texts = [p.text for p in batch]
+        pe = torch.stack([embeds[t][0] for t in texts])
+        pp = torch.stack([embeds[t][1] for t in texts])
+        inputs: dict[str, Any] = {
+            "prompt_embeds": pe,
+            "pooled_prompt_embeds": pp,
+            "max_sequence_length": opts["max_sequence_length"],
+        }
+        if negative is not None:
+            inputs["negative_prompt_embeds"] = negative[""][0].expand_as(pe).contiguous()
+            inputs["negative_pooled_prompt_embeds"] = negative[""][1].expand_as(pp).contiguous()
+            inputs["true_cfg_scale"] = opts["cfg"]
+        return inputs
 
-    def _train(self, pipe, train, opts, context, checkpoint_dir: Path):
+    # ------------------------------------------------------------------ what training FLUX differs in
+
+    def _size_step(self, pipe) -> int:
+        return pipe.vae_scale_factor * 2  # FLUX packs 2×2 latent cells into a token
+
+    def _lora_targets(self, transformer, layers: str) -> list[str]:
         import torch
-        from dermabench_plugins.diffusion_training import RectifiedFlow, TimestepSampler, TrainConfig
-        from dermabench_plugins.diffusion_training import train as run_training
 
-        height, width = _snap(opts["height"], pipe), _snap(opts["width"], pipe)
-        data = self._training_set(pipe, train, opts, height, width, context)
-        transformer = pipe.transformer
-        if opts["train"] == "lora":
-            _add_lora(transformer, opts)
-        else:
-            transformer.requires_grad_(True)
-            if transformer.dtype != torch.float32:
-                with quiet():
-                    transformer.to(torch.float32)
-        if opts["gradient_checkpointing"]:
-            transformer.enable_gradient_checkpointing()
-        denoiser = FluxDenoiser(transformer, height, width, pipe.vae_scale_factor, opts["guidance"])
-        objective = RectifiedFlow(TimestepSampler(opts["timesteps"], opts["logit_mean"], opts["logit_std"]))
-        cfg = TrainConfig(
-            steps=opts["train_steps"],
-            batch_size=opts["train_batch_size"],
-            grad_accum=opts["grad_accum"],
-            lr=opts["lr"],
-            weight_decay=opts["weight_decay"],
-            warmup_steps=opts["warmup"],
-            lr_schedule=opts["lr_schedule"],
-            ema_decay=opts["ema"],
-            flip=opts["flip"],
-            caption_dropout=opts["caption_dropout"],
-            checkpoint_every=opts["checkpoint_every"],
-            seed=derive_seed(context.seed, "dermaflux-train"),
-            stop_after=self.stop_after,
-        )
-        device, _ = self._device_dtype(context)
-        park = not self.is_tiny and self.config["offload"] == "none" and device.startswith("cuda")
-        if park:  # the embeddings are cached: lend the text encoders' GPU memory to training
-            pipe.text_encoder.to("cpu")
-            pipe.text_encoder_2.to("cpu")
-            torch.cuda.empty_cache()
-        try:
-            result = run_training(denoiser, data, objective, cfg, checkpoint_dir, device=device,
-                                  progress=context.progress)
-        finally:
-            if park:
-                pipe.text_encoder.to(device)
-                pipe.text_encoder_2.to(device)
-        transformer.requires_grad_(False)
-        transformer.eval()
-        return result
+        suffixes = LORA_LAYERS[layers]
+        names = []
+        for name, module in transformer.named_modules():
+            if not isinstance(module, torch.nn.Linear):
+                continue
+            if not name.startswith(("transformer_blocks.", "single_transformer_blocks.")):
+                continue
+            if any(name.endswith("." + s) for s in suffixes):
+                names.append(name)
+        return names
 
-    def _training_set(self, pipe, train, opts, height, width, context):
-        """Latents (B×C×h×w, standardised with the VAE's shift/scale) and text embeddings, computed once."""
+    def _denoiser(self, transformer, pipe, height: int, width: int, opts) -> FluxDenoiser:
+        return FluxDenoiser(transformer, height, width, pipe.vae_scale_factor, opts["guidance"])
+
+    def _objective(self, opts):
+        from dermabench_plugins.diffusion_training import RectifiedFlow, TimestepSampler
+
+        return RectifiedFlow(TimestepSampler(opts["timesteps"], opts["logit_mean"], opts["logit_std"]))
+
+    def _conditioning(self, captions: list[str], storage, opts) -> tuple[dict, dict]:
+        """T5 sequence and CLIP pooled embeddings of the captions, and of the empty caption (caption dropout)."""
         import torch
-        from dermabench_plugins.diffusion_training import TrainingSet
-        from dermabench_plugins.flux_tiny import DCTVAE
 
-        vae = pipe.vae
-        device = pipe._execution_device
-
-        def pixels_of(samples) -> torch.Tensor:
-            arrays = []
-            for sample in samples:
-                image = sample.image if sample.image.mode == "RGB" else sample.image.convert("RGB")
-                if image.size != (width, height):
-                    image = _center_resize(image, width, height)
-                arrays.append(np.asarray(image))
-            return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).to(device, vae.dtype) / 127.5 - 1.0
-
-        if isinstance(vae, DCTVAE):
-            # tiny models: the fixed DCT "autoencoder" standardises each frequency on the train pool first
-            with torch.inference_mode():
-                x = pixels_of(train)
-                vae.fit_normalization(x)
-                raw = vae.encode(x).latent_dist.mode().float().cpu()
-            del x
-        else:
-            chunk = 4  # a 1024 px VAE encode is memory-hungry
-            raw = []
-            batches = range(0, len(train), chunk)
-            for start in context.progress.track(batches, "dermaflux: caching latents", total=len(batches)):
-                with torch.inference_mode():
-                    raw.append(vae.encode(pixels_of(train[start : start + chunk])).latent_dist.mode().float().cpu())
-            raw = torch.cat(raw)
-        latents = (raw - vae.config.shift_factor) * vae.config.scaling_factor
-        storage = torch.float32 if self.is_tiny else torch.bfloat16
-        captions = [s.caption or f"This photo depicts a {dermabench.LABEL_NAMES[s.label]} lesion." for s in train]
         embeds = self._encode_prompts(captions + [""], opts)
         prompt_embeds = torch.stack([embeds[c][0] for c in captions]).to("cpu", storage)
         pooled = torch.stack([embeds[c][1] for c in captions]).to("cpu", storage)
         null = {"prompt_embeds": embeds[""][0][None].cpu(), "pooled": embeds[""][1][None].cpu()}
-        augment = vae.augment if isinstance(vae, DCTVAE) else None  # conv VAE latents flip with the image
-        return TrainingSet(latents.to(storage), {"prompt_embeds": prompt_embeds, "pooled": pooled}, null, augment)
+        return {"prompt_embeds": prompt_embeds, "pooled": pooled}, null
+
 
 # ---------------------------------------------------------------------- the FLUX half of training
 
@@ -488,52 +383,6 @@ def _tiny_spec(model: str):
     from dermabench_plugins.flux_tiny import PRESETS
 
     return PRESETS[model]
-
-
-def _snap(size: int, pipe) -> int:
-    """Round a side to what FLUX can make (a multiple of 2 × the VAE's downscale)."""
-    step = pipe.vae_scale_factor * 2
-    return max(step, round(size / step) * step)
-
-
-def _center_resize(image: Image.Image, width: int, height: int) -> Image.Image:
-    w, h = image.size
-    scale = max(width / w, height / h)
-    nw, nh = max(width, round(w * scale)), max(height, round(h * scale))
-    image = image.resize((nw, nh), Image.Resampling.BICUBIC)
-    left, top = (nw - width) // 2, (nh - height) // 2
-    return image.crop((left, top, left + width, top + height))
-
-
-def _lora_targets(transformer, layers: str) -> list[str]:
-    suffixes = LORA_LAYERS[layers]
-    import torch
-
-    names = []
-    for name, module in transformer.named_modules():
-        if not isinstance(module, torch.nn.Linear):
-            continue
-        if not name.startswith(("transformer_blocks.", "single_transformer_blocks.")):
-            continue
-        if any(name.endswith("." + s) for s in suffixes):
-            names.append(name)
-    return names
-
-
-def _add_lora(transformer, opts) -> None:
-    import torch
-    from diffusers.training_utils import cast_training_params
-    from peft import LoraConfig
-
-    transformer.requires_grad_(False)
-    config = LoraConfig(
-        r=opts["rank"],
-        lora_alpha=opts["alpha"],
-        init_lora_weights="gaussian",
-        target_modules=_lora_targets(transformer, opts["lora_layers"]),
-    )
-    transformer.add_adapter(config)
-    cast_training_params(transformer, torch.float32)  # LoRA weights train in fp32 on a bf16 base
 
 
 @dermabench.hookimpl

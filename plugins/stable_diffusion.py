@@ -58,17 +58,12 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
-import numpy as np
-from dermabench_plugins.dermaflux import _center_resize
-from PIL import Image
-
 import dermabench
 from dermabench import Option
-from dermabench.errors import DermabenchError, PluginError
+from dermabench.errors import DermabenchError
 from dermabench.seeding import derive_seed
 from dermabench_plugins.model_files import model_location
 from dermabench_plugins.trained_generator import TrainedGenerator, quiet
@@ -154,10 +149,11 @@ class StableDiffusionGenerator(TrainedGenerator):
                                          "models, off for tiny)", optional=True),
     }
 
-    #: sd15/sdxl's sampling options: a fit's key leaves them out
+    #: the options that change sampling, not the trained weights: a fit's key leaves them out
     sampling_options = ("sampler", "steps", "guidance", "batch_size", "offload", "vae_tiling", "vae_slicing",
                         "lora_scale", "checkpoint_every")
     pipe: DiffusionPipeline | None
+    #: fit trains the UNet; a LoRA file is loaded as adapter "sd"
     trained_component = "unet"
     adapter = "sd"
     #: the model's noise schedule: the samplers and the DDPM objective are built from it
@@ -210,7 +206,7 @@ class StableDiffusionGenerator(TrainedGenerator):
         except (OSError, ValueError, KeyError, TypeError):
             return 1024 if self.xl else 512
 
-    # ------------------------------------------------------------------ loading
+    # ------------------------------------------------------------------ the model: where, what, how it loads
 
     @property
     def _components(self) -> tuple[str, ...]:
@@ -276,6 +272,8 @@ class StableDiffusionGenerator(TrainedGenerator):
         pipe.to(device)
         self._setup(pipe)
 
+    # ------------------------------------------------------------------ what sampling a UNet differs in
+
     def _sampler(self, opts: dict[str, Any]):
         """The chosen sampler, built from the model's scheduler config (same betas and prediction type)."""
         from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
@@ -287,197 +285,99 @@ class StableDiffusionGenerator(TrainedGenerator):
             return DDIMScheduler.from_config(config)
         return DPMSolverMultistepScheduler.from_config(config, algorithm_type="dpmsolver++", solver_order=2)
 
-    # ------------------------------------------------------------------ plugin API
+    def _encode_text(self, pipe, texts: list[str], device, opts) -> tuple[torch.Tensor, Any]:
+        """CLIP embeddings (L×D each); SDXL: + the pooled ones of its second encoder (P each), else None."""
+        if self.xl:
+            pe, _, pooled, _ = pipe.encode_prompt(prompt=texts, device=device, num_images_per_prompt=1,
+                                                  do_classifier_free_guidance=False)
+            return pe, pooled
+        pe, _ = pipe.encode_prompt(texts, device, 1, do_classifier_free_guidance=False)
+        return pe, [None] * len(texts)
 
-    def generate(self, prompts: Sequence[dermabench.Prompt], context: dermabench.RunContext) -> list[Image.Image]:
-        import torch
-
-        opts = self.resolved(context)
-        if not self._fitted and opts["train"] != "none":
-            raise PluginError(
-                f"generator '{self.name}': generate called before fit (train={opts['train']}); "
-                "call fit, or use train=none for the base model"
-            )
-        pipe = self.load(context)
-        if self.config["lora"] is not None and not self._lora_loaded:
-            self._apply_lora(self._lora_file())
-        if not prompts:
-            return []
-        height, width = _snap(opts["height"], pipe), _snap(opts["width"], pipe)
-        # several processes: the host hands each its own shards of prompts (dermabench/processes.py)
-        own = list(prompts)
-        pipe.scheduler = self._sampler(opts)
-        guided = opts["guidance"] > 1
-        embeds = self._encode_prompts([p.text for p in own])
-        negative = self._null_embeddings() if guided else None
-        arrays: list[np.ndarray] = []
-        batches = range(0, len(own), opts["batch_size"])
-        batches = context.progress.track(batches, f"{self.name}: {len(own)} images", total=len(batches))
-        for start in batches:
-            batch = own[start : start + opts["batch_size"]]
-            pe = torch.stack([embeds[p.text][0] for p in batch])
-            extra: dict[str, Any] = {}
-            if self.xl:
-                extra["pooled_prompt_embeds"] = torch.stack([embeds[p.text][1] for p in batch])
-            if negative is not None:
-                extra["negative_prompt_embeds"] = negative[0][None].expand_as(pe).contiguous()
-                if self.xl:
-                    pooled = extra["pooled_prompt_embeds"]
-                    extra["negative_pooled_prompt_embeds"] = negative[1][None].expand_as(pooled).contiguous()
-            # one generator per prompt, on the CPU: an image depends on its seed only
-            generators = [torch.Generator("cpu").manual_seed(int(p.seed)) for p in batch]
-            with torch.inference_mode(), quiet():
-                out = pipe(
-                    prompt_embeds=pe,
-                    height=height,
-                    width=width,
-                    num_inference_steps=opts["steps"],
-                    guidance_scale=opts["guidance"],
-                    generator=generators,
-                    output_type="np",
-                    **extra,
-                ).images
-            arrays.extend(np.clip(np.round(array * 255), 0, 255).astype(np.uint8) for array in out)
-        return [Image.fromarray(array, "RGB") for array in arrays]
-
-    # ------------------------------------------------------------------ internals
-
-    def _encode_prompts(self, texts: Sequence[str]) -> dict[str, tuple[torch.Tensor, torch.Tensor | None]]:
-        """(prompt_embeds L×D, pooled P or None) per distinct text, computed once, in chunks."""
-        import torch
-
-        pipe = self.pipe
-        assert pipe is not None
-        unique = list(dict.fromkeys(texts))
-        out: dict[str, tuple[torch.Tensor, torch.Tensor | None]] = {}
-        device = pipe._execution_device
-        for start in range(0, len(unique), 64):
-            chunk = unique[start : start + 64]
-            with torch.inference_mode(), quiet():
-                if self.xl:
-                    pe, _, pooled, _ = pipe.encode_prompt(prompt=chunk, device=device, num_images_per_prompt=1,
-                                                          do_classifier_free_guidance=False)
-                else:
-                    pe, _ = pipe.encode_prompt(chunk, device, 1, do_classifier_free_guidance=False)
-                    pooled = [None] * len(chunk)
-            for text, e, p in zip(chunk, pe, pooled):
-                out[text] = (e, p)
-        return out
-
-    def _null_embeddings(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def _null_embeddings(self, opts) -> tuple[torch.Tensor, torch.Tensor | None]:
         """The conditioning of 'no caption', as the pipeline's classifier-free guidance uses it: the empty
         caption's embedding (SDXL with force_zeros_for_empty_prompt: zeros)."""
         import torch
 
-        pe, pooled = self._encode_prompts([""])[""]
+        pe, pooled = self._encode_prompts([""], opts)[""]
         if self.xl and self.pipe.config.get("force_zeros_for_empty_prompt", False):
             pe, pooled = torch.zeros_like(pe), torch.zeros_like(pooled)
         return pe, pooled
 
-    def _train(self, pipe, train, opts, context, checkpoint_dir: Path):
-        import torch
-        from dermabench_plugins.diffusion_training import DDPMObjective, TrainConfig
-        from dermabench_plugins.diffusion_training import train as run_training
+    def _sampling_setup(self, pipe, opts) -> tuple[torch.Tensor, torch.Tensor | None] | None:
+        """The chosen sampler; the unconditional embeddings when classifier-free guidance is on (guidance > 1)."""
+        pipe.scheduler = self._sampler(opts)
+        return self._null_embeddings(opts) if opts["guidance"] > 1 else None
 
-        height, width = _snap(opts["height"], pipe), _snap(opts["width"], pipe)
-        data = self._training_set(pipe, train, opts, height, width, context)
-        unet = pipe.unet
-        if opts["train"] == "lora":
-            _add_lora(unet, opts)
-        else:
-            unet.requires_grad_(True)
-            if unet.dtype != torch.float32:
-                with quiet():
-                    unet.to(torch.float32)
-        if opts["gradient_checkpointing"]:
-            unet.enable_gradient_checkpointing()
-        denoiser = UNetDenoiser(unet, (height, width) if self.xl else None)
+    def _batch_inputs(self, batch, embeds, negative, opts) -> dict[str, Any]:
+        import torch
+
+        pe = torch.stack([embeds[p.text][0] for p in batch])
+        inputs: dict[str, Any] = {"prompt_embeds": pe}
+        if self.xl:
+            inputs["pooled_prompt_embeds"] = torch.stack([embeds[p.text][1] for p in batch])
+        if negative is not None:
+            inputs["negative_prompt_embeds"] = negative[0][None].expand_as(pe).contiguous()
+            if self.xl:
+                pooled = inputs["pooled_prompt_embeds"]
+                inputs["negative_pooled_prompt_embeds"] = negative[1][None].expand_as(pooled).contiguous()
+        return inputs
+
+    # ------------------------------------------------------------------ what training a UNet differs in
+
+    def _size_step(self, pipe) -> int:
+        """The VAE's downscale × the UNet's downsampling: a side the UNet can make is a multiple of it."""
+        return int(pipe.vae_scale_factor) * 2 ** (len(pipe.unet.config.block_out_channels) - 1)
+
+    def _lora_targets(self, unet, layers: str) -> list[str]:
+        import torch
+
+        suffixes = LORA_LAYERS[layers]
+        names = []
+        for name, module in unet.named_modules():
+            if not isinstance(module, (torch.nn.Linear, torch.nn.Conv2d)):
+                continue
+            if ".attentions." not in f".{name}":
+                continue
+            if any(name.endswith("." + s) for s in suffixes):
+                names.append(name)
+        return names
+
+    def _denoiser(self, unet, pipe, height: int, width: int, opts) -> UNetDenoiser:
+        return UNetDenoiser(unet, (height, width) if self.xl else None)
+
+    def _objective(self, opts):
+        from dermabench_plugins.diffusion_training import DDPMObjective
+
         # the difference to DermaFlux: DDPM noise schedule and ε/v target (from the scheduler) instead of a flow
-        objective = DDPMObjective.from_scheduler(self._scheduler_config, snr_gamma=opts["snr_gamma"])
-        cfg = TrainConfig(
-            steps=opts["train_steps"],
-            batch_size=opts["train_batch_size"],
-            grad_accum=opts["grad_accum"],
-            lr=opts["lr"],
-            weight_decay=opts["weight_decay"],
-            warmup_steps=opts["warmup"],
-            lr_schedule=opts["lr_schedule"],
-            ema_decay=opts["ema"],
-            flip=opts["flip"],
-            caption_dropout=opts["caption_dropout"],
-            checkpoint_every=opts["checkpoint_every"],
-            seed=derive_seed(context.seed, f"{self.name}-train"),
-            stop_after=self.stop_after,
-        )
-        device, _ = self._device_dtype(context)
-        encoders = [m for m in (pipe.text_encoder, getattr(pipe, "text_encoder_2", None)) if m is not None]
-        park = not self.is_tiny and self.config["offload"] == "none" and device.startswith("cuda")
-        if park:  # the embeddings are cached: lend the text encoders' GPU memory to training
-            for encoder in encoders:
-                encoder.to("cpu")
-            torch.cuda.empty_cache()
-        try:
-            result = run_training(denoiser, data, objective, cfg, checkpoint_dir, device=device,
-                                  progress=context.progress)
-        finally:
-            if park:
-                for encoder in encoders:
-                    encoder.to(device)
-        unet.requires_grad_(False)
-        unet.eval()
-        return result
+        return DDPMObjective.from_scheduler(self._scheduler_config, snr_gamma=opts["snr_gamma"])
 
-    def _training_set(self, pipe, train, opts, height, width, context):
-        """Latents (B×C×h×w, scaled with the VAE's scaling factor) and text embeddings, computed once."""
+    def _latents(self, pipe, train, height, width, context):
         import torch
-        from dermabench_plugins.diffusion_training import TrainingSet
-        from dermabench_plugins.flux_tiny import DCTVAE
 
         vae = pipe.vae
-        device = pipe._execution_device
-
-        def pixels_of(samples) -> torch.Tensor:
-            arrays = []
-            for sample in samples:
-                image = sample.image if sample.image.mode == "RGB" else sample.image.convert("RGB")
-                if image.size != (width, height):
-                    image = _center_resize(image, width, height)
-                arrays.append(np.asarray(image))
-            return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).to(device, vae.dtype) / 127.5 - 1.0
-
-        if isinstance(vae, DCTVAE):
-            # tiny models: DermaFlux tiny's fixed DCT, standardised on the train pool first
-            with torch.inference_mode():
-                x = pixels_of(train)
-                vae.fit_normalization(x)
-                raw = vae.encode(x).latent_dist.mode().float().cpu()
-            del x
-        else:
-            upcast = vae.dtype == torch.float16 and vae.config.get("force_upcast", False)
-            if upcast:  # SDXL's VAE overflows in fp16 (the pipeline upcasts it to decode, too)
-                vae.to(torch.float32)
-            chunk = 8
-            raw = []
-            batches = range(0, len(train), chunk)
-            for start in context.progress.track(batches, f"{self.name}: caching latents", total=len(batches)):
-                with torch.inference_mode():
-                    raw.append(vae.encode(pixels_of(train[start : start + chunk])).latent_dist.mode().float().cpu())
-            raw = torch.cat(raw)
+        upcast = vae.dtype == torch.float16 and vae.config.get("force_upcast", False)
+        if upcast:  # SDXL's VAE overflows in fp16 (the pipeline upcasts it to decode, too)
+            vae.to(torch.float32)
+        try:
+            return super()._latents(pipe, train, height, width, context)
+        finally:
             if upcast:
                 vae.to(torch.float16)
-        shift = getattr(vae.config, "shift_factor", None) or 0.0
-        latents = (raw - shift) * vae.config.scaling_factor
-        storage = torch.float32 if self.is_tiny else torch.bfloat16
-        captions = [s.caption or f"This photo depicts a {dermabench.LABEL_NAMES[s.label]} lesion." for s in train]
-        embeds = self._encode_prompts(captions)
+
+    def _conditioning(self, captions: list[str], storage, opts) -> tuple[dict, dict]:
+        """CLIP embeddings of the captions (SDXL: + pooled), and the unconditional ones (caption dropout)."""
+        import torch
+
+        embeds = self._encode_prompts(captions, opts)
         conditioning = {"prompt_embeds": torch.stack([embeds[c][0] for c in captions]).to("cpu", storage)}
-        null_pe, null_pooled = self._null_embeddings()
+        null_pe, null_pooled = self._null_embeddings(opts)
         null = {"prompt_embeds": null_pe[None].cpu()}
         if self.xl:
             conditioning["pooled"] = torch.stack([embeds[c][1] for c in captions]).to("cpu", storage)
             null["pooled"] = null_pooled[None].cpu()
-        augment = vae.augment if isinstance(vae, DCTVAE) else None  # conv VAE latents flip with the image
-        return TrainingSet(latents.to(storage), conditioning, null, augment)
+        return conditioning, null
+
 
 class StableDiffusionXLGenerator(StableDiffusionGenerator):
     """SDXL + LoRA fine-tuned on captioned lesions; a tiny from-scratch SDXL-architecture model on CPUs."""
@@ -521,45 +421,6 @@ class UNetDenoiser:
 
     def no_decay(self, name, param):
         return param.ndim < 2 or "norm" in name
-
-
-# ---------------------------------------------------------------------- helpers
-
-def _snap(size: int, pipe) -> int:
-    """Round a side to what the UNet can make: a multiple of the VAE's downscale × the UNet's downsampling."""
-    step = int(pipe.vae_scale_factor) * 2 ** (len(pipe.unet.config.block_out_channels) - 1)
-    return max(step, round(size / step) * step)
-
-
-def _lora_targets(unet, layers: str) -> list[str]:
-    import torch
-
-    suffixes = LORA_LAYERS[layers]
-    names = []
-    for name, module in unet.named_modules():
-        if not isinstance(module, (torch.nn.Linear, torch.nn.Conv2d)):
-            continue
-        if ".attentions." not in f".{name}":
-            continue
-        if any(name.endswith("." + s) for s in suffixes):
-            names.append(name)
-    return names
-
-
-def _add_lora(unet, opts) -> None:
-    import torch
-    from diffusers.training_utils import cast_training_params
-    from peft import LoraConfig
-
-    unet.requires_grad_(False)
-    config = LoraConfig(
-        r=opts["rank"],
-        lora_alpha=opts["alpha"],
-        init_lora_weights="gaussian",
-        target_modules=_lora_targets(unet, opts["lora_layers"]),
-    )
-    unet.add_adapter(config)
-    cast_training_params(unet, torch.float32)  # LoRA weights train in fp32 on a bf16/fp16 base
 
 
 @dermabench.hookimpl

@@ -27,10 +27,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
+from PIL import Image
 
 import dermabench
 from dermabench import parse_options
 from dermabench.errors import DermabenchError, PluginError
+from dermabench.seeding import derive_seed
 from dermabench_plugins.model_files import LORA_FILE, folder_identity, json_hash, lora_file, sha256_file
 
 if TYPE_CHECKING:  # torch is imported when a model is needed (listing plugins stays fast)
@@ -72,6 +74,27 @@ def quiet():
             tlogging.enable_progress_bar()
 
 
+def center_resize(image: Image.Image, width: int, height: int) -> Image.Image:
+    w, h = image.size
+    scale = max(width / w, height / h)
+    nw, nh = max(width, round(w * scale)), max(height, round(h * scale))
+    image = image.resize((nw, nh), Image.Resampling.BICUBIC)
+    left, top = (nw - width) // 2, (nh - height) // 2
+    return image.crop((left, top, left + width, top + height))
+
+
+def add_lora(module, opts: dict[str, Any], targets: list[str]) -> None:
+    """Freeze `module` and give it a trainable peft LoRA (``rank``, ``alpha``) on the `targets` layers."""
+    import torch
+    from diffusers.training_utils import cast_training_params
+    from peft import LoraConfig
+
+    module.requires_grad_(False)
+    config = LoraConfig(r=opts["rank"], lora_alpha=opts["alpha"], init_lora_weights="gaussian", target_modules=targets)
+    module.add_adapter(config)
+    cast_training_params(module, torch.float32)  # LoRA weights train in fp32 on a bf16/fp16 base
+
+
 class TrainedGenerator(dermabench.Generator):
     """A generator whose `fit` trains (or reuses) weights under `work_dir/fits/<key>/`."""
 
@@ -86,6 +109,8 @@ class TrainedGenerator(dermabench.Generator):
     model_folder: ClassVar[str] = "model folder"
     #: the peft adapter name a LoRA file is loaded as
     adapter: ClassVar[str]
+    #: images per VAE encode when the latents of a full-size model's train pool are cached
+    latent_chunk: ClassVar[int] = 8
 
     def __init__(self, **options: Any) -> None:
         super().__init__(**options)
@@ -165,6 +190,11 @@ class TrainedGenerator(dermabench.Generator):
         else:
             dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[choice]
         return device, dtype
+
+    def _snap(self, size: int, pipe) -> int:
+        """Round an image side to what the model can make: a multiple of `_size_step(pipe)`."""
+        step = self._size_step(pipe)
+        return max(step, round(size / step) * step)
 
     # ------------------------------------------------------------------ keys (users' caches depend on them)
 
@@ -277,6 +307,65 @@ class TrainedGenerator(dermabench.Generator):
         pipe.set_adapters([self.adapter], adapter_weights=[self.config["lora_scale"]])
         self._lora_loaded = True
 
+    # ------------------------------------------------------------------ sampling
+
+    def generate(self, prompts: Sequence[dermabench.Prompt], context: dermabench.RunContext) -> list[Image.Image]:
+        import torch
+
+        opts = self.resolved(context)
+        if not self._fitted and opts["train"] != "none":
+            raise PluginError(
+                f"generator '{self.name}': generate called before fit (train={opts['train']}); "
+                "call fit, or use train=none for the base model"
+            )
+        pipe = self.load(context)
+        if self.config["lora"] is not None and not self._lora_loaded:
+            self._apply_lora(self._lora_file())
+        if not prompts:
+            return []
+        height, width = self._snap(opts["height"], pipe), self._snap(opts["width"], pipe)
+        # several processes: the host hands each its own shards of prompts (dermabench/processes.py)
+        own = list(prompts)
+        embeds = self._encode_prompts([p.text for p in own], opts)
+        negative = self._sampling_setup(pipe, opts)
+        arrays: list[np.ndarray] = []
+        batches = range(0, len(own), opts["batch_size"])
+        batches = context.progress.track(batches, f"{self.name}: {len(own)} images", total=len(batches))
+        for start in batches:
+            batch = own[start : start + opts["batch_size"]]
+            inputs = self._batch_inputs(batch, embeds, negative, opts)
+            # one generator per prompt, on the CPU: an image depends on its seed only
+            generators = [torch.Generator("cpu").manual_seed(int(p.seed)) for p in batch]
+            with torch.inference_mode(), quiet():
+                out = pipe(
+                    height=height,
+                    width=width,
+                    num_inference_steps=opts["steps"],
+                    guidance_scale=opts["guidance"],
+                    generator=generators,
+                    output_type="np",
+                    **inputs,
+                ).images
+            arrays.extend(np.clip(np.round(array * 255), 0, 255).astype(np.uint8) for array in out)
+        return [Image.fromarray(array, "RGB") for array in arrays]
+
+    def _encode_prompts(self, texts: Sequence[str], opts: dict[str, Any]) -> dict[str, tuple[torch.Tensor, Any]]:
+        """(prompt_embeds L×D, pooled P or None) per distinct text, computed once, in chunks."""
+        import torch
+
+        pipe = self.pipe
+        assert pipe is not None
+        unique = list(dict.fromkeys(texts))
+        out: dict[str, tuple[torch.Tensor, Any]] = {}
+        device = pipe._execution_device
+        for start in range(0, len(unique), 64):
+            chunk = unique[start : start + 64]
+            with torch.inference_mode(), quiet():
+                embeds, pooled = self._encode_text(pipe, chunk, device, opts)
+            for text, e, p in zip(chunk, embeds, pooled):
+                out[text] = (e, p)
+        return out
+
     # ------------------------------------------------------------------ fit
 
     def fit(self, train: Sequence[dermabench.Sample], context: dermabench.RunContext) -> None:
@@ -310,6 +399,107 @@ class TrainedGenerator(dermabench.Generator):
         self._load_trained(final, opts, context)
         self.last_fit = {**json.loads((final / "done.json").read_text()), "reused": False}
         self._fitted = True
+
+    def _train(self, pipe, train, opts, context, checkpoint_dir: Path):
+        import torch
+        from dermabench_plugins.diffusion_training import TrainConfig
+        from dermabench_plugins.diffusion_training import train as run_training
+
+        height, width = self._snap(opts["height"], pipe), self._snap(opts["width"], pipe)
+        data = self._training_set(pipe, train, opts, height, width, context)
+        trained = getattr(pipe, self.trained_component)
+        if opts["train"] == "lora":
+            add_lora(trained, opts, self._lora_targets(trained, opts["lora_layers"]))
+        else:
+            trained.requires_grad_(True)
+            if trained.dtype != torch.float32:
+                with quiet():
+                    trained.to(torch.float32)
+        if opts["gradient_checkpointing"]:
+            trained.enable_gradient_checkpointing()
+        # what differs between the models: the network's half of training, the noise schedule and the loss target
+        denoiser = self._denoiser(trained, pipe, height, width, opts)
+        objective = self._objective(opts)
+        cfg = TrainConfig(
+            steps=opts["train_steps"],
+            batch_size=opts["train_batch_size"],
+            grad_accum=opts["grad_accum"],
+            lr=opts["lr"],
+            weight_decay=opts["weight_decay"],
+            warmup_steps=opts["warmup"],
+            lr_schedule=opts["lr_schedule"],
+            ema_decay=opts["ema"],
+            flip=opts["flip"],
+            caption_dropout=opts["caption_dropout"],
+            checkpoint_every=opts["checkpoint_every"],
+            seed=derive_seed(context.seed, f"{self.name}-train"),
+            stop_after=self.stop_after,
+        )
+        device, _ = self._device_dtype(context)
+        encoders = [m for m in (pipe.text_encoder, getattr(pipe, "text_encoder_2", None)) if m is not None]
+        park = not self.is_tiny and self.config["offload"] == "none" and device.startswith("cuda")
+        if park:  # the embeddings are cached: lend the text encoders' GPU memory to training
+            for encoder in encoders:
+                encoder.to("cpu")
+            torch.cuda.empty_cache()
+        try:
+            result = run_training(denoiser, data, objective, cfg, checkpoint_dir, device=device,
+                                  progress=context.progress)
+        finally:
+            if park:
+                for encoder in encoders:
+                    encoder.to(device)
+        trained.requires_grad_(False)
+        trained.eval()
+        return result
+
+    def _training_set(self, pipe, train, opts, height, width, context):
+        """The train pool's latents and text embeddings, computed once: training draws its batches from them."""
+        import torch
+        from dermabench_plugins.diffusion_training import TrainingSet
+        from dermabench_plugins.flux_tiny import DCTVAE
+
+        latents = self._latents(pipe, train, height, width, context)
+        storage = torch.float32 if self.is_tiny else torch.bfloat16
+        captions = [s.caption or f"This photo depicts a {dermabench.LABEL_NAMES[s.label]} lesion." for s in train]
+        conditioning, null = self._conditioning(captions, storage, opts)
+        augment = pipe.vae.augment if isinstance(pipe.vae, DCTVAE) else None  # conv VAE latents flip with the image
+        return TrainingSet(latents.to(storage), conditioning, null, augment)
+
+    def _latents(self, pipe, train, height, width, context) -> torch.Tensor:
+        """The train pool's latents, B×C×h×w, shifted and scaled as the VAE's config says."""
+        import torch
+        from dermabench_plugins.flux_tiny import DCTVAE
+
+        vae = pipe.vae
+        device = pipe._execution_device
+
+        def pixels_of(samples) -> torch.Tensor:
+            arrays = []
+            for sample in samples:
+                image = sample.image if sample.image.mode == "RGB" else sample.image.convert("RGB")
+                if image.size != (width, height):
+                    image = center_resize(image, width, height)
+                arrays.append(np.asarray(image))
+            return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).to(device, vae.dtype) / 127.5 - 1.0
+
+        if isinstance(vae, DCTVAE):
+            # tiny models: the fixed DCT "autoencoder" standardises each frequency on the train pool first
+            with torch.inference_mode():
+                x = pixels_of(train)
+                vae.fit_normalization(x)
+                raw = vae.encode(x).latent_dist.mode().float().cpu()
+            del x
+        else:
+            chunk = self.latent_chunk
+            raw = []
+            batches = range(0, len(train), chunk)
+            for start in context.progress.track(batches, f"{self.name}: caching latents", total=len(batches)):
+                with torch.inference_mode():
+                    raw.append(vae.encode(pixels_of(train[start : start + chunk])).latent_dist.mode().float().cpu())
+            raw = torch.cat(raw)
+        shift = getattr(vae.config, "shift_factor", None) or 0.0  # FLUX's VAE shifts its latents, SD's does not
+        return (raw - shift) * vae.config.scaling_factor
 
     def _save_trained(self, final: Path, opts, result, seconds: float) -> None:
         from accelerate import PartialState
