@@ -66,7 +66,13 @@ from dermabench import Option
 from dermabench.errors import DermabenchError
 from dermabench.seeding import derive_seed
 from dermabench_plugins.model_files import model_location
-from dermabench_plugins.trained_generator import TrainedGenerator, quiet
+from dermabench_plugins.trained_generator import (
+    LOOP_OPTIONS,
+    OPTIMISER_OPTIONS,
+    WEIGHT_OPTIONS,
+    TrainedGenerator,
+    quiet,
+)
 
 if TYPE_CHECKING:  # torch and diffusers are imported when a model is needed (listing plugins stays fast)
     import torch
@@ -98,13 +104,7 @@ class StableDiffusionGenerator(TrainedGenerator):
     option_specs: ClassVar[dict[str, Option]] = {
         # the model
         "model": Option("str", "tiny", "tiny | micro | a diffusers folder | a hub id in the HF cache"),
-        "lora": Option("str", None, "a trained LoRA (.safetensors file or folder; diffusers or kohya format)",
-                       optional=True),
-        "lora_scale": Option("float", 1.0, "strength of the LoRA", min=0),
-        "dtype": Option("str", "auto", "weights dtype", choices=("auto", "bf16", "fp16", "fp32")),
-        "offload": Option("str", "none", "CPU offload on CUDA", choices=("none", "model", "sequential")),
-        "vae_tiling": Option("bool", False, "decode in tiles (large images, less memory)"),
-        "vae_slicing": Option("bool", False, "decode one image at a time (less memory)"),
+        **WEIGHT_OPTIONS,
         # sampling
         "sampler": Option("str", "dpmsolver++", "dpmsolver++ (DPM-Solver++ 2M), ddim (eta 0) or ddpm (ancestral)",
                           choices=SAMPLERS),
@@ -121,17 +121,7 @@ class StableDiffusionGenerator(TrainedGenerator):
                         choices=("auto", "none", "lora", "full")),
         "train_steps": Option("int", None, "optimisation steps (default by profile for tiny models, as dermaflux; "
                               "1000 otherwise)", min=1, optional=True),
-        "train_batch_size": Option("int", None, "images per step and process (default by profile for tiny; "
-                                   "1 otherwise)", min=1, optional=True),
-        "grad_accum": Option("int", 1, "gradient accumulation micro-steps", min=1),
-        "lr": Option("float", None, "AdamW learning rate (default 1e-4 LoRA, 1e-3 full)", min=0,
-                     min_inclusive=False, optional=True),
-        "weight_decay": Option("float", 1e-4, "AdamW weight decay (not on biases and norms)", min=0),
-        "warmup": Option("int", None, "linear warm-up steps (default 0 LoRA, 5 % full)", min=0, optional=True),
-        "lr_schedule": Option("str", None, "constant or cosine (default constant LoRA, cosine full)",
-                              choices=("constant", "cosine"), optional=True),
-        "rank": Option("int", 64, "LoRA rank", min=1),
-        "alpha": Option("float", 64.0, "LoRA alpha (scale = alpha / rank)", min=0, min_inclusive=False),
+        **OPTIMISER_OPTIONS,
         "lora_layers": Option("str", "attention", "LoRA targets: attention (to_q/k/v/out of self- and "
                               "cross-attention), blocks (+ projections and MLPs)", choices=tuple(LORA_LAYERS)),
         "prediction_type": Option("str", None, "what a tiny UNet learns to predict (default v_prediction, as SD "
@@ -141,12 +131,7 @@ class StableDiffusionGenerator(TrainedGenerator):
                             min_inclusive=False, optional=True),
         "caption_dropout": Option("float", 0.0, "share of captions replaced by the empty caption (for guidance)",
                                   min=0, max=1),
-        "flip": Option("bool", True, "random flips and quarter turns of the training latents"),
-        "ema": Option("float", 0.0, "EMA decay of the trained weights (0 = off)", min=0, max=1,
-                      max_inclusive=False),
-        "checkpoint_every": Option("int", 250, "save a resumable checkpoint every N steps (0 = never)", min=0),
-        "gradient_checkpointing": Option("bool", None, "trade compute for memory (default: on for full-size "
-                                         "models, off for tiny)", optional=True),
+        **LOOP_OPTIONS,
     }
 
     #: the options that change sampling, not the trained weights: a fit's key leaves them out

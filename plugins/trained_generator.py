@@ -30,7 +30,7 @@ import numpy as np
 from PIL import Image
 
 import dermabench
-from dermabench import parse_options
+from dermabench import Option, parse_options
 from dermabench.errors import DermabenchError, PluginError
 from dermabench.seeding import derive_seed
 from dermabench_plugins.model_files import LORA_FILE, folder_identity, json_hash, lora_file, sha256_file
@@ -46,6 +46,45 @@ TINY_TRAIN_DEFAULTS = {
     "smoke": {"train_steps": 30, "train_batch_size": 16},
     "quick": {"train_steps": 1000, "train_batch_size": 16},
     "paper": {"train_steps": 4000, "train_batch_size": 32},
+}
+
+# Options that mean the same in every trained generator, with the same defaults (each plugin places them
+# among its own, so that its option list reads in order: the model, sampling, fitting).
+
+#: which weights, and how they sit in memory
+WEIGHT_OPTIONS: dict[str, Option] = {
+    "lora": Option("str", None, "a trained LoRA (.safetensors file or folder; diffusers or kohya format)",
+                   optional=True),
+    "lora_scale": Option("float", 1.0, "strength of the LoRA", min=0),
+    "dtype": Option("str", "auto", "weights dtype", choices=("auto", "bf16", "fp16", "fp32")),
+    "offload": Option("str", "none", "CPU offload on CUDA", choices=("none", "model", "sequential")),
+    "vae_tiling": Option("bool", False, "decode in tiles (large images, less memory)"),
+    "vae_slicing": Option("bool", False, "decode one image at a time (less memory)"),
+}
+
+#: the optimiser and the LoRA's size
+OPTIMISER_OPTIONS: dict[str, Option] = {
+    "train_batch_size": Option("int", None, "images per step and process (default by profile for tiny; "
+                               "1 otherwise)", min=1, optional=True),
+    "grad_accum": Option("int", 1, "gradient accumulation micro-steps", min=1),
+    "lr": Option("float", None, "AdamW learning rate (default 1e-4 LoRA, 1e-3 full)", min=0,
+                 min_inclusive=False, optional=True),
+    "weight_decay": Option("float", 1e-4, "AdamW weight decay (not on biases and norms)", min=0),
+    "warmup": Option("int", None, "linear warm-up steps (default 0 LoRA, 5 % full)", min=0, optional=True),
+    "lr_schedule": Option("str", None, "constant or cosine (default constant LoRA, cosine full)",
+                          choices=("constant", "cosine"), optional=True),
+    "rank": Option("int", 64, "LoRA rank", min=1),
+    "alpha": Option("float", 64.0, "LoRA alpha (scale = alpha / rank)", min=0, min_inclusive=False),
+}
+
+#: the training loop's switches
+LOOP_OPTIONS: dict[str, Option] = {
+    "flip": Option("bool", True, "random flips and quarter turns of the training latents"),
+    "ema": Option("float", 0.0, "EMA decay of the trained weights (0 = off)", min=0, max=1,
+                  max_inclusive=False),
+    "checkpoint_every": Option("int", 250, "save a resumable checkpoint every N steps (0 = never)", min=0),
+    "gradient_checkpointing": Option("bool", None, "trade compute for memory (default: on for full-size "
+                                     "models, off for tiny)", optional=True),
 }
 
 
