@@ -1,9 +1,10 @@
-"""Where a generator's weights are on disk, and what identifies them: model folders, LoRA files, hashes.
+"""Where model weights are on disk, and what identifies them: model folders, LoRA files, hashes.
 
 `dermaflux` and `sd15`/`sdxl` take the same ``model=`` (a diffusers folder or a hub id) and
 ``lora=`` (a .safetensors file or a folder holding one). Finding them is the same for both; what a
 generator tells its user when they are missing (which folder layout, where to download) is its own,
 and is passed in. Nothing here downloads: a hub id is looked up in the Hugging Face cache only.
+The file hash and the offline check serve the feature extractors too (`extractor_support`).
 """
 
 from __future__ import annotations
@@ -23,11 +24,14 @@ LORA_FILE = "pytorch_lora_weights.safetensors"
 _HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 
-def _truthy(name: str) -> bool:
-    return os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
+def hub_offline() -> bool:
+    """True when HF_HUB_OFFLINE / TRANSFORMERS_OFFLINE say that nothing may be downloaded."""
+    flags = (os.environ.get(var, "").strip().lower() for var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+    return any(flag in ("1", "true", "yes", "on") for flag in flags)
 
 
 def sha256_file(path: Path, _cache: dict[tuple[str, int, int], str] = {}) -> str:  # noqa: B006 - a memo
+    """SHA-256 (hex) of a file, computed once per path, size and modification time."""
     stat = path.stat()
     key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
     if key not in _cache:
@@ -66,7 +70,7 @@ def model_location(model: str, generator: str, *, kind: str, holds: str, offline
     if isinstance(cached, str):
         return Path(cached).parent
     missing = f"generator '{generator}': model '{model}' is not in the Hugging Face cache ({constants.HF_HUB_CACHE})"
-    if _truthy("HF_HUB_OFFLINE") or _truthy("TRANSFORMERS_OFFLINE"):
+    if hub_offline():
         raise DermabenchError(f"{missing} and HF_HUB_OFFLINE is set. {offline}")
     raise DermabenchError(f"{missing}. {online}")
 
