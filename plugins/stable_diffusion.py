@@ -66,13 +66,8 @@ from dermabench import Option
 from dermabench.errors import DermabenchError
 from dermabench.seeding import derive_seed
 from dermabench_plugins.model_files import model_location
-from dermabench_plugins.trained_generator import (
-    LOOP_OPTIONS,
-    OPTIMISER_OPTIONS,
-    WEIGHT_OPTIONS,
-    TrainedGenerator,
-    quiet,
-)
+from dermabench_plugins.trained_generator import (LOOP_OPTIONS, OPTIMISER_OPTIONS, WEIGHT_OPTIONS,
+                                                  TrainedGenerator, quiet)
 
 if TYPE_CHECKING:  # torch and diffusers are imported when a model is needed (listing plugins stays fast)
     import torch

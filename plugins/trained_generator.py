@@ -1,16 +1,23 @@
-"""Generators that train weights (DermaFlux, the Stable Diffusion baselines): what they share, once.
+"""Generators that train weights: DermaFlux (FLUX + LoRA) and the Stable Diffusion baselines (sd15/sdxl).
 
-DermaFlux and sd15/sdxl are built to differ only where the models do, so that a comparison
-changes the model only. What differs stays in each plugin: the model and how it is loaded, the
-noise schedule and the loss target (`diffusion_training`), and how they train and save weights.
-What is the same lives here: options and their checks, the training budget, how a fit is keyed,
-reused, resumed and recorded, and how the images are keyed.
+They are built to differ only where the models do, so that a comparison changes the model only.
+What is the same lives here once: the options that mean the same, their checks and training
+defaults (one tiny-model budget for all), how a fit is keyed, reused, resumed, saved and reloaded,
+how images are keyed, loading a pipeline and a LoRA file, the cached training set, the training
+run around `diffusion_training.train`, and sampling with one CPU generator per prompt.
 
-A subclass provides `resolved(context)` (calling `_resolve_training`), `load(context)`,
-`_model_location()`, `_tiny_identity()`, `_key_fields()`, `_apply_lora(file)`,
-`_train(pipe, train, opts, context, ckpt_dir)` (returning a result with `finished`, `step`,
-`resumed_from`), `_save_trained(final, opts, result, seconds)` and `_load_trained(final, opts, context)`,
-and sets `sampling_options`.
+What differs stays in each plugin, which says it here:
+
+* the model: `_components`, `model_folder`, `_model_location()` (its own words for a missing
+  model), `_build_tiny(context)`, `_from_pretrained(folder, dtype)`, `_pipeline_class`,
+  `_load_saved_pipeline(folder, context)`, `_tiny_identity()`;
+* the options: `option_specs`, `resolved(context)` (calling `_resolve_training`),
+  `_check_options()`, `sampling_options`, `_key_fields()` (what names it in its keys);
+* sampling: `_encode_text(pipe, texts, device, opts)`, `_sampling_setup(pipe, opts)`,
+  `_batch_inputs(batch, embeds, negative, opts)`, `_size_step(pipe)`;
+* training: `trained_component`, `adapter`, `latent_chunk`, `_lora_targets(module, layers)`,
+  `_conditioning(captions, storage, opts)`, and `_denoiser(module, pipe, height, width, opts)` and
+  `_objective(opts)`: the model's half of `diffusion_training`, its noise schedule and loss target.
 """
 
 from __future__ import annotations
@@ -309,9 +316,12 @@ class TrainedGenerator(dermabench.Generator):
         self._setup(pipe)
         return pipe
 
+    @staticmethod
+    def _text_encoders(pipe) -> list:
+        return [m for m in (pipe.text_encoder, getattr(pipe, "text_encoder_2", None)) if m is not None]
+
     def _modules(self, pipe) -> list:
-        parts = (getattr(pipe, self.trained_component), pipe.vae, pipe.text_encoder, getattr(pipe, "text_encoder_2", None))
-        return [m for m in parts if m is not None]
+        return [getattr(pipe, self.trained_component), pipe.vae, *self._text_encoders(pipe)]
 
     def _setup(self, pipe) -> None:
         """Make a loaded pipeline this generator's: memory switches, no progress bars, eval mode."""
@@ -475,7 +485,7 @@ class TrainedGenerator(dermabench.Generator):
             stop_after=self.stop_after,
         )
         device, _ = self._device_dtype(context)
-        encoders = [m for m in (pipe.text_encoder, getattr(pipe, "text_encoder_2", None)) if m is not None]
+        encoders = self._text_encoders(pipe)
         park = not self.is_tiny and self.config["offload"] == "none" and device.startswith("cuda")
         if park:  # the embeddings are cached: lend the text encoders' GPU memory to training
             for encoder in encoders:
