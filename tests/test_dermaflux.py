@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
@@ -21,62 +19,16 @@ from dermabench_plugins.diffusion_training import (
 from dermabench_plugins.flux_tiny import PRESETS, build_tiny_flux, word_tokenizer
 from dermabench_plugins.model_files import LORA_FILE
 from PIL import Image
+from trained_generators import MICRO, SIZE, arrays, ctx, eval_loss, lesion, lesion_pool, prompts
 
-import dermabench
 from dermabench.errors import DermabenchError, PluginError
 
-SIZE = 32
-#: the `micro` preset trains a LoRA / full model in well under a second per few steps
-MICRO = {"model": "micro", "steps": "3", "batch_size": "8", "checkpoint_every": "0"}
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """The micro models are overhead-bound: one thread is as fast on an idle CPU and far faster on a shared one
-    (two OpenMP threads spin-waiting for each other on a busy 2-core machine run ~10x slower)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def ctx(tmp_path: Path, **kw) -> dermabench.RunContext:
-    return dermabench.RunContext(seed=0, image_size=SIZE, work_dir=tmp_path, profile="smoke", **kw)
-
-
-def lesion(label: int, i: int) -> Image.Image:
-    """A skin-coloured square with a dark disc; malignant discs are bigger and bluer."""
-    yy, xx = np.mgrid[:SIZE, :SIZE]
-    r = 6 + 5 * label + (i % 3)
-    disc = (yy - SIZE / 2 - i % 4) ** 2 + (xx - SIZE / 2) ** 2 < r * r
-    img = np.empty((SIZE, SIZE, 3), np.uint8)
-    img[:] = (220, 180, 160)
-    img[disc] = (90, 60, 40) if label == 0 else (60, 50, 90)
-    return Image.fromarray(img)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
 def pool():
-    return [
-        dermabench.Sample(
-            lesion(label, i),
-            label,
-            caption=f"This photo depicts a {dermabench.LABEL_NAMES[label]} lesion. diameter about {4 + i} mm.",
-        )
-        for i in range(6)
-        for label in (0, 1)
-    ]
-
-
-def prompts(n=4, seed0=1000):
-    return [
-        dermabench.Prompt(f"This photo depicts a {dermabench.LABEL_NAMES[i % 2]} lesion.", i % 2, seed0 + i)
-        for i in range(n)
-    ]
-
-
-def arrays(images):
-    return np.stack([np.asarray(im) for im in images]).astype(int)
+    return lesion_pool()
 
 
 # --------------------------------------------------------------------------- plugin basics
@@ -249,17 +201,6 @@ def micro_training_set(pipe, n=4):
         pe, pooled, _ = pipe.encode_prompt(prompt=[f"a {'benign' if i % 2 == 0 else 'malignant'} lesion" for i in range(n)],
                                            prompt_2=None, max_sequence_length=16)
     return TrainingSet(latents * 2, {"prompt_embeds": pe, "pooled": pooled})
-
-
-def eval_loss(denoiser, data, objective, seed=123):
-    g = torch.Generator().manual_seed(seed)
-    x0 = data.latents
-    t = torch.linspace(0.1, 0.9, len(x0))
-    noise = torch.randn(x0.shape, generator=g)
-    with torch.no_grad():
-        pred = denoiser.predict(denoiser.module, objective.noisy_input(x0, noise, t), objective.model_time(t),
-                                data.conditioning)
-    return float(((pred - objective.target(x0, noise, t)) ** 2).mean())
 
 
 def test_flow_matching_fit_lowers_the_loss_on_a_fixed_batch():
