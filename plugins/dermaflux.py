@@ -33,9 +33,9 @@ single-stream blocks, width 128 — over 8×8-pixel tokens of a fixed JPEG-like 
 "autoencoder", with frozen random-init CLIP/T5 encoders as fixed text feature
 maps over a word-level caption tokenizer) trained **from scratch,
 full-parameter** on the train pool (``train=full``), with a step budget set by
-the profile (`TINY_TRAIN_DEFAULTS`). ``train=lora`` on the tiny model exercises
-the paper's LoRA path (the tests check it), but a LoRA on a random base cannot
-learn lesions in minutes. The trained tiny pipeline is saved as an ordinary FLUX
+the profile (`trained_generator.TINY_TRAIN_DEFAULTS`). ``train=lora`` on the tiny
+model exercises the paper's LoRA path (the tests check it), but a LoRA on a
+random base cannot learn lesions in minutes. The trained tiny pipeline is saved as an ordinary FLUX
 folder (``model=<that folder>`` loads it).
 
 **Caching.** A fit with the same model, LoRA file, training options and train
@@ -53,26 +53,18 @@ Options (``--generator-opt key=value``; see `DermaFluxGenerator.option_specs`).
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
 import json
 import logging
-import os
-import re
-import shutil
-import warnings
-from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
-import numpy as np
-from dermabench_plugins.image_classifier import Option, parse_options
-from PIL import Image
-
 import dermabench
-from dermabench.errors import DermabenchError, PluginError
+from dermabench import Option
+from dermabench.errors import DermabenchError
 from dermabench.seeding import derive_seed
-from dermabench_plugins.trained_generator import TrainedGenerator
+from dermabench_plugins.model_files import model_location
+from dermabench_plugins.trained_generator import (LOOP_OPTIONS, OPTIMISER_OPTIONS, WEIGHT_OPTIONS,
+                                                  TrainedGenerator, quiet)
 
 if TYPE_CHECKING:  # torch and diffusers are imported when a model is needed (listing plugins stays fast)
     import torch
@@ -80,9 +72,6 @@ if TYPE_CHECKING:  # torch and diffusers are imported when a model is needed (li
 
 #: bump when fitting or sampling changes, so cached weights and images are not reused
 ALGORITHM_VERSION = "1"
-TINY_MODELS = ("tiny", "micro")
-LORA_FILE = "pytorch_lora_weights.safetensors"
-ADAPTER = "dermaflux"
 
 #: LoRA target layers, by module-name suffix inside transformer_blocks / single_transformer_blocks
 _ATTENTION = (
@@ -97,59 +86,7 @@ LORA_LAYERS = {
     "all": _ATTENTION + _PROJECTIONS + _MODULATION,
 }
 
-#: tiny-model training defaults per profile (full-parameter, from scratch); see the module docstring
-TINY_TRAIN_DEFAULTS = {
-    "smoke": {"train_steps": 30, "train_batch_size": 16},
-    "quick": {"train_steps": 1000, "train_batch_size": 16},
-    "paper": {"train_steps": 4000, "train_batch_size": 32},
-}
-
 log = logging.getLogger("dermabench.dermaflux")
-
-
-def _truthy(name: str) -> bool:
-    return os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
-
-
-def _sha256_file(path: Path, _cache: dict[tuple[str, int, int], str] = {}) -> str:  # noqa: B006 - a memo
-    stat = path.stat()
-    key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
-    if key not in _cache:
-        digest = hashlib.sha256()
-        with open(path, "rb") as handle:
-            for chunk in iter(lambda: handle.read(1 << 22), b""):
-                digest.update(chunk)
-        _cache[key] = digest.hexdigest()
-    return _cache[key]
-
-
-@contextlib.contextmanager
-def _quiet():
-    """Silence diffusers/transformers warnings (CLIP's 77-token truncation notice for every long caption...)."""
-    from diffusers.utils import logging as dlogging
-    from transformers.utils import logging as tlogging
-
-    saved = dlogging.get_verbosity(), tlogging.get_verbosity()
-    bars = dlogging.is_progress_bar_enabled(), tlogging.is_progress_bar_enabled()
-    dlogging.set_verbosity_error()
-    tlogging.set_verbosity_error()
-    dlogging.disable_progress_bar()
-    tlogging.disable_progress_bar()
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", FutureWarning)
-            yield
-    finally:
-        dlogging.set_verbosity(saved[0])
-        tlogging.set_verbosity(saved[1])
-        if bars[0]:
-            dlogging.enable_progress_bar()
-        if bars[1]:
-            tlogging.enable_progress_bar()
-
-
-def _json_hash(data: Any) -> str:
-    return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()
 
 
 class DermaFluxGenerator(TrainedGenerator):
@@ -161,13 +98,7 @@ class DermaFluxGenerator(TrainedGenerator):
     option_specs: ClassVar[dict[str, Option]] = {
         # the model
         "model": Option("str", "tiny", "tiny | micro | a FLUX diffusers folder | a hub id in the HF cache"),
-        "lora": Option("str", None, "a trained LoRA (.safetensors file or folder; diffusers or kohya format)",
-                       optional=True),
-        "lora_scale": Option("float", 1.0, "strength of the LoRA", min=0),
-        "dtype": Option("str", "auto", "weights dtype", choices=("auto", "bf16", "fp16", "fp32")),
-        "offload": Option("str", "none", "CPU offload on CUDA", choices=("none", "model", "sequential")),
-        "vae_tiling": Option("bool", False, "decode in tiles (large images, less memory)"),
-        "vae_slicing": Option("bool", False, "decode one image at a time (less memory)"),
+        **WEIGHT_OPTIONS,
         # sampling
         "steps": Option("int", None, "denoising steps (default 28 for guidance-distilled models, 4 otherwise; "
                         "tiny: 12)", min=1, optional=True),
@@ -188,17 +119,7 @@ class DermaFluxGenerator(TrainedGenerator):
                         choices=("auto", "none", "lora", "full")),
         "train_steps": Option("int", None, "optimisation steps (default by profile for tiny models; 1000 "
                               "otherwise)", min=1, optional=True),
-        "train_batch_size": Option("int", None, "images per step and process (default by profile for tiny; "
-                                   "1 otherwise)", min=1, optional=True),
-        "grad_accum": Option("int", 1, "gradient accumulation micro-steps", min=1),
-        "lr": Option("float", None, "AdamW learning rate (default 1e-4 LoRA, 1e-3 full)", min=0,
-                     min_inclusive=False, optional=True),
-        "weight_decay": Option("float", 1e-4, "AdamW weight decay (not on biases and norms)", min=0),
-        "warmup": Option("int", None, "linear warm-up steps (default 0 LoRA, 5 % full)", min=0, optional=True),
-        "lr_schedule": Option("str", None, "constant or cosine (default constant LoRA, cosine full)",
-                              choices=("constant", "cosine"), optional=True),
-        "rank": Option("int", 64, "LoRA rank", min=1),
-        "alpha": Option("float", 64.0, "LoRA alpha (scale = alpha / rank)", min=0, min_inclusive=False),
+        **OPTIMISER_OPTIONS,
         "lora_layers": Option("str", "blocks", "LoRA targets: attention, blocks (attention + MLP/projections), "
                               "all (+ modulation)", choices=tuple(LORA_LAYERS)),
         "timesteps": Option("str", "logit_normal", "training timestep sampling",
@@ -207,79 +128,26 @@ class DermaFluxGenerator(TrainedGenerator):
         "logit_std": Option("float", 1.0, "std of the logit-normal timestep density", min=0, min_inclusive=False),
         "caption_dropout": Option("float", 0.0, "share of captions replaced by the empty caption (for cfg)",
                                   min=0, max=1),
-        "flip": Option("bool", True, "random flips and quarter turns of the training latents"),
-        "ema": Option("float", 0.0, "EMA decay of the trained weights (0 = off)", min=0, max=1,
-                      max_inclusive=False),
-        "checkpoint_every": Option("int", 250, "save a resumable checkpoint every N steps (0 = never)", min=0),
-        "gradient_checkpointing": Option("bool", None, "trade compute for memory (default: on for full-size "
-                                         "models, off for tiny)", optional=True),
+        **LOOP_OPTIONS,
     }
 
-    def __init__(self, **options: Any) -> None:
-        super().__init__(**options)
-        self.config = parse_options(f"generator '{self.name}'", options, self.option_specs, "--generator-opt")
-        self.pipe: FluxPipeline | None = None
-        self._fitted = False
-        self._lora_loaded = False
-        self._model_info: dict[str, Any] | None = None
-        self.last_fit: dict[str, Any] = {}
-        #: stop training after this step, leaving a checkpoint (tests simulate a killed fit with it)
-        self.stop_after: int | None = None
-        c = self.config
-        if c["lora"] is not None and c["train"] in ("lora", "full"):
-            raise DermabenchError(
-                f"generator '{self.name}': lora= applies a trained LoRA and train={c['train']} would train another; "
-                "use train=none with lora=, or drop lora= to train"
-            )
-        if c["offload"] != "none" and self.is_tiny:
-            raise DermabenchError(f"generator '{self.name}': offload is for full-size models on CUDA, not model=tiny")
-        self._check_paths()
+    #: the options that change sampling, not the trained weights: a fit's key leaves them out
+    sampling_options = ("steps", "shift", "cfg", "batch_size", "offload", "vae_tiling", "vae_slicing", "lora_scale",
+                        "checkpoint_every")
+    pipe: FluxPipeline | None
+    #: fit trains FLUX's transformer; a LoRA file is loaded as adapter "dermaflux"
+    trained_component = "transformer"
+    adapter = "dermaflux"
+    _components = ("transformer", "vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2", "scheduler")
+    model_folder = "FLUX folder"
+    latent_chunk = 4  # a 1024 px FLUX VAE encode is memory-hungry
 
     # ------------------------------------------------------------------ resolution of options
-
-    @property
-    def is_tiny(self) -> bool:
-        return self.config["model"] in TINY_MODELS
-
-    @property
-    def train_mode(self) -> str:
-        mode = self.config["train"]
-        if mode != "auto":
-            return mode
-        if self.config["lora"] is not None:
-            return "none"
-        return "full" if self.is_tiny else "lora"
-
-    def _check_paths(self) -> None:
-        lora = self.config["lora"]
-        if lora is not None:
-            self._lora_file()  # fails early if missing or not safetensors
-        if not self.is_tiny:
-            _model_location(self.config["model"])  # fails early for a missing local folder
-
-    def _lora_file(self) -> Path:
-        path = Path(os.path.expanduser(self.config["lora"]))
-        if path.is_dir():
-            candidates = [path / LORA_FILE] if (path / LORA_FILE).is_file() else sorted(path.glob("*.safetensors"))
-            if len(candidates) != 1:
-                raise DermabenchError(
-                    f"generator '{self.name}': LoRA folder {path} must hold {LORA_FILE} or exactly one .safetensors "
-                    f"file (found {len(candidates)})"
-                )
-            path = candidates[0]
-        if not path.is_file():
-            raise DermabenchError(f"generator '{self.name}': LoRA file not found: {path}")
-        if path.suffix != ".safetensors":
-            raise DermabenchError(
-                f"generator '{self.name}': LoRA files are loaded only as .safetensors (no pickles), got {path.name}"
-            )
-        return path
 
     def resolved(self, context: dermabench.RunContext | None = None) -> dict[str, Any]:
         """Every option with its effective value (defaults that depend on the model/profile filled in)."""
         c = dict(self.config)
         tiny = self.is_tiny
-        profile = context.profile if context is not None else "quick"
         if c["steps"] is None:
             c["steps"] = 12 if tiny else (28 if self._guidance_embeds() else 4)
         size = context.image_size if context is not None else 64
@@ -291,39 +159,8 @@ class DermaFluxGenerator(TrainedGenerator):
             c["batch_size"] = 64 if tiny else 4
         if c["max_sequence_length"] is None:
             c["max_sequence_length"] = _tiny_spec(c["model"]).max_sequence_length if tiny else 512
-        mode = self.train_mode
-        full = mode == "full"
-        if tiny and mode != "none":
-            defaults = TINY_TRAIN_DEFAULTS.get(profile, TINY_TRAIN_DEFAULTS["quick"])
-            c["train_steps"] = c["train_steps"] or defaults["train_steps"]
-            c["train_batch_size"] = c["train_batch_size"] or defaults["train_batch_size"]
-        c["train_steps"] = c["train_steps"] or 1000
-        c["train_batch_size"] = c["train_batch_size"] or 1
-        if c["lr"] is None:
-            c["lr"] = 1e-3 if full else 1e-4
-        if c["warmup"] is None:
-            c["warmup"] = max(1, c["train_steps"] // 20) if full else 0
-        if c["lr_schedule"] is None:
-            c["lr_schedule"] = "cosine" if full else "constant"
-        if c["gradient_checkpointing"] is None:
-            c["gradient_checkpointing"] = not tiny
-        c["train"] = mode
+        self._resolve_training(c, context.profile if context is not None else "quick")
         return c
-
-    # ------------------------------------------------------------------ loading
-
-    def _device_dtype(self, context: dermabench.RunContext) -> tuple[str, torch.dtype]:
-        import torch
-
-        device = context.device
-        if device == "auto":
-            device = "cuda" if torch.cuda.is_available() else "cpu"
-        choice = self.config["dtype"]
-        if choice == "auto":
-            dtype = torch.bfloat16 if device.startswith("cuda") and not self.is_tiny else torch.float32
-        else:
-            dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[choice]
-        return device, dtype
 
     def _guidance_embeds(self) -> bool:
         """Whether the transformer has FLUX.1-dev's guidance embedding (read from its config, nothing loaded)."""
@@ -331,358 +168,145 @@ class DermaFluxGenerator(TrainedGenerator):
             return bool(self.pipe.transformer.config.guidance_embeds)
         if self.is_tiny:
             return _tiny_spec(self.config["model"]).guidance_embeds
-        config = _model_location(self.config["model"]) / "transformer" / "config.json"
+        config = self._model_location() / "transformer" / "config.json"
         try:
             return bool(json.loads(config.read_text()).get("guidance_embeds", False))
         except (OSError, ValueError):
             return True
 
-    def model_identity(self) -> dict[str, Any]:
-        """What identifies the base weights, without reading gigabytes: configs + weight file names and sizes."""
-        if self._model_info is None:
-            model = self.config["model"]
-            if model in TINY_MODELS:
-                from dermabench_plugins.flux_tiny import TINY_VERSION
+    # ------------------------------------------------------------------ the model: where, what, how it loads
 
-                self._model_info = {"tiny": model, "version": TINY_VERSION, "spec": _tiny_spec(model).to_dict()}
-            else:
-                folder = _model_location(model)
-                files = {}
-                for path in sorted(folder.rglob("*")):
-                    if path.is_file() or path.is_symlink():
-                        rel = str(path.relative_to(folder))
-                        if path.suffix == ".json":
-                            files[rel] = hashlib.sha256(path.read_bytes()).hexdigest()
-                        elif path.suffix in (".safetensors", ".bin", ".model", ".txt"):
-                            files[rel] = path.stat().st_size
-                self._model_info = {"model": model, "snapshot": folder.name, "files": _json_hash(files)}
-        return self._model_info
+    def _model_location(self) -> Path:
+        """The local folder of a FLUX model: the path itself, or its snapshot in the HF cache. Never downloads."""
+        model = self.config["model"]
+        return model_location(
+            model,
+            self.name,
+            kind="FLUX",
+            holds="transformer/, vae/, text_encoder*/, tokenizer*/",
+            offline=f"Download it where there is network (`hf download {model}`, accepting its licence) or pass "
+            "model=/path/to/FLUX-folder",
+            online=f"Download it first (`hf download {model}`; FLUX.1-dev needs its licence accepted on the hub) "
+            "or pass model=/path/to/folder",
+        )
 
-    def load(self, context: dermabench.RunContext) -> FluxPipeline:
-        """The base pipeline on the run's device (tiny: built; otherwise from the folder / HF cache)."""
-        if self.pipe is not None:
-            return self.pipe
-        import torch
+    def _tiny_identity(self) -> dict[str, Any]:
+        from dermabench_plugins.flux_tiny import TINY_VERSION
+
+        model = self.config["model"]
+        return {"tiny": model, "version": TINY_VERSION, "spec": _tiny_spec(model).to_dict()}
+
+    def _key_fields(self) -> dict[str, Any]:
+        """What names dermaflux in its fit and image-cache keys (frozen: users' caches are keyed on it)."""
+        return {"algorithm": ALGORITHM_VERSION}
+
+    @property
+    def _pipeline_class(self):
+        from diffusers import FluxPipeline
+
+        return FluxPipeline
+
+    def _build_tiny(self, context: dermabench.RunContext) -> FluxPipeline:
+        from dermabench_plugins.flux_tiny import build_tiny_flux
+
+        return build_tiny_flux(_tiny_spec(self.config["model"]), seed=derive_seed(context.seed, "dermaflux"))
+
+    def _from_pretrained(self, folder: Path, dtype) -> FluxPipeline:
+        import dermabench_plugins.flux_tiny  # noqa: F401 - a saved tiny DermaFlux names DCTVAE as its VAE
+        from diffusers import FluxPipeline
+
+        try:
+            with quiet():
+                return FluxPipeline.from_pretrained(folder, dtype=dtype, local_files_only=True, use_safetensors=True)
+        except (OSError, ValueError) as exc:
+            raise DermabenchError(f"generator '{self.name}': cannot load FLUX from {folder}: {exc}") from exc
+
+    def _load_saved_pipeline(self, folder: Path, context: dermabench.RunContext) -> None:
+        """A fully trained pipeline, as `_save_trained` wrote it."""
+        import dermabench_plugins.flux_tiny  # noqa: F401 - from_pretrained finds DCTVAE only if imported
+        from diffusers import FluxPipeline
 
         device, dtype = self._device_dtype(context)
-        if self.config["offload"] != "none" and not device.startswith("cuda"):
-            raise DermabenchError(f"generator '{self.name}': offload={self.config['offload']} needs a CUDA device")
-        with _quiet():
-            if self.is_tiny:
-                from dermabench_plugins.flux_tiny import build_tiny_flux
-
-                pipe = build_tiny_flux(_tiny_spec(self.config["model"]), seed=derive_seed(context.seed, "dermaflux"))
-                pipe.to(device=device) if dtype == torch.float32 else pipe.to(device=device, dtype=dtype)
-            else:
-                pipe = _load_flux(self.config["model"], dtype)
-                if self.config["offload"] == "model":
-                    pipe.enable_model_cpu_offload()
-                elif self.config["offload"] == "sequential":
-                    pipe.enable_sequential_cpu_offload()
-                else:
-                    pipe.to(device)
-        if self.config["vae_tiling"]:
-            pipe.vae.enable_tiling()
-        if self.config["vae_slicing"]:
-            pipe.vae.enable_slicing()
+        with quiet():
+            pipe = FluxPipeline.from_pretrained(folder, local_files_only=True, dtype=dtype)
+        pipe.to(device)
         pipe.set_progress_bar_config(disable=True)
-        for module in (pipe.transformer, pipe.text_encoder, pipe.text_encoder_2, pipe.vae):
+        for module in self._modules(pipe):
             module.eval()
         self.pipe = pipe
-        return pipe
 
-    def _apply_lora(self, path: Path) -> None:
-        """Load a LoRA file (diffusers/peft or kohya format) into the pipeline as adapter 'dermaflux'."""
-        pipe = self.pipe
-        assert pipe is not None
-        if self._lora_loaded:
-            pipe.delete_adapters(ADAPTER)
-        try:
-            with _quiet():
-                pipe.load_lora_weights(str(path.parent), weight_name=path.name, adapter_name=ADAPTER,
-                                       use_safetensors=True, local_files_only=True)
-        except (ValueError, KeyError, RuntimeError, OSError) as exc:
-            raise DermabenchError(f"generator '{self.name}': cannot apply LoRA {path}: {exc}") from exc
-        from dermabench_plugins.flux_tiny import DCTVAE
+    # ------------------------------------------------------------------ what sampling FLUX differs in
 
-        if isinstance(pipe.vae, DCTVAE) and (path.parent / "vae.safetensors").is_file():
-            # a tiny DermaFlux LoRA fit keeps its VAE's train-pool standardisation beside the LoRA
-            from safetensors.torch import load_file
+    def _encode_text(self, pipe, texts: list[str], device, opts) -> tuple[torch.Tensor, torch.Tensor]:
+        """T5 sequence embeddings (L×D each) and CLIP pooled ones (P each)."""
+        pe, pp, _ = pipe.encode_prompt(
+            prompt=texts, prompt_2=None, device=device, max_sequence_length=opts["max_sequence_length"]
+        )
+        return pe, pp
 
-            pipe.vae.load_state_dict(load_file(str(path.parent / "vae.safetensors")))
-        pipe.set_adapters([ADAPTER], adapter_weights=[self.config["lora_scale"]])
-        self._lora_loaded = True
-
-    # ------------------------------------------------------------------ plugin API
-
-    def cache_key(self) -> dict[str, Any]:
-        import diffusers
-        import torch
-
-        key: dict[str, Any] = {
-            "algorithm": ALGORITHM_VERSION,
-            "model": self.model_identity(),
-            "lora": _sha256_file(self._lora_file()) if self.config["lora"] is not None else None,
-            "options": self.resolved(None),
-            "diffusers": diffusers.__version__,
-            "torch": torch.__version__,
-        }
-        return key
-
-    def generate(self, prompts: Sequence[dermabench.Prompt], context: dermabench.RunContext) -> list[Image.Image]:
-        import torch
-
-        opts = self.resolved(context)
-        if not self._fitted and opts["train"] != "none":
-            raise PluginError(
-                f"generator '{self.name}': generate called before fit (train={opts['train']}); "
-                "call fit, or use train=none for the base model"
-            )
-        pipe = self.load(context)
-        if self.config["lora"] is not None and not self._lora_loaded:
-            self._apply_lora(self._lora_file())
-        if not prompts:
-            return []
-        height, width = _snap(opts["height"], pipe), _snap(opts["width"], pipe)
-        # several processes: the host hands each its own shards of prompts (dermabench/processes.py)
-        own = list(prompts)
+    def _sampling_setup(self, pipe, opts) -> dict[str, tuple[torch.Tensor, torch.Tensor]] | None:
+        """The timestep shift asked for; the empty caption's embeddings when true CFG is on (cfg > 1)."""
         if opts["shift"] is not None:
             from diffusers import FlowMatchEulerDiscreteScheduler
 
             pipe.scheduler = FlowMatchEulerDiscreteScheduler.from_config(
                 pipe.scheduler.config, use_dynamic_shifting=False, shift=opts["shift"]
             )
-        embeds = self._encode_prompts([p.text for p in own], opts)
-        negative = self._encode_prompts([""], opts) if opts["cfg"] > 1 else None
-        arrays: list[np.ndarray] = []
-        batches = range(0, len(own), opts["batch_size"])
-        batches = context.progress.track(batches, f"dermaflux: {len(own)} images", total=len(batches))
-        for start in batches:
-            batch = own[start : start + opts["batch_size"]]
-            texts = [p.text for p in batch]
-            pe = torch.stack([embeds[t][0] for t in texts])
-            pp = torch.stack([embeds[t][1] for t in texts])
-            extra: dict[str, Any] = {}
-            if negative is not None:
-                extra = {
-                    "negative_prompt_embeds": negative[""][0].expand_as(pe).contiguous(),
-                    "negative_pooled_prompt_embeds": negative[""][1].expand_as(pp).contiguous(),
-                    "true_cfg_scale": opts["cfg"],
-                }
-            # one generator per prompt, on the CPU: an image depends on its seed only
-            generators = [torch.Generator("cpu").manual_seed(int(p.seed)) for p in batch]
-            with torch.inference_mode(), _quiet():
-                out = pipe(
-                    prompt_embeds=pe,
-                    pooled_prompt_embeds=pp,
-                    height=height,
-                    width=width,
-                    num_inference_steps=opts["steps"],
-                    guidance_scale=opts["guidance"],
-                    generator=generators,
-                    max_sequence_length=opts["max_sequence_length"],
-                    output_type="np",
-                    **extra,
-                ).images
-            arrays.extend(np.clip(np.round(array * 255), 0, 255).astype(np.uint8) for array in out)
-        return [Image.fromarray(array, "RGB") for array in arrays]
+        return self._encode_prompts([""], opts) if opts["cfg"] > 1 else None
 
-    # ------------------------------------------------------------------ internals
-
-    def _encode_prompts(self, texts: Sequence[str], opts: dict[str, Any]) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-        """(prompt_embeds L×D, pooled P) per distinct text, computed once, in chunks."""
+    def _batch_inputs(self, batch, embeds, negative, opts) -> dict[str, Any]:
         import torch
 
-        pipe = self.pipe
-        assert pipe is not None
-        unique = list(dict.fromkeys(texts))
-        out: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
-        device = pipe._execution_device
-        for start in range(0, len(unique), 64):
-            chunk = unique[start : start + 64]
-            with torch.inference_mode(), _quiet():
-                pe, pp, _ = pipe.encode_prompt(
-                    prompt=chunk, prompt_2=None, device=device, max_sequence_length=opts["max_sequence_length"]
-                )
-            for text, e, p in zip(chunk, pe, pp):
-                out[text] = (e, p)
-        return out
+        texts = [p.text for p in batch]
+        pe = torch.stack([embeds[t][0] for t in texts])
+        pp = torch.stack([embeds[t][1] for t in texts])
+        inputs: dict[str, Any] = {
+            "prompt_embeds": pe,
+            "pooled_prompt_embeds": pp,
+            "max_sequence_length": opts["max_sequence_length"],
+        }
+        if negative is not None:
+            inputs["negative_prompt_embeds"] = negative[""][0].expand_as(pe).contiguous()
+            inputs["negative_pooled_prompt_embeds"] = negative[""][1].expand_as(pp).contiguous()
+            inputs["true_cfg_scale"] = opts["cfg"]
+        return inputs
 
-    def _fit_key(self, train: Sequence[dermabench.Sample], opts: dict[str, Any], context) -> str:
-        digest = hashlib.sha256()
-        for sample in train:
-            image = sample.image if sample.image.mode == "RGB" else sample.image.convert("RGB")
-            digest.update(f"{sample.label}\t{sample.caption}\t{image.size}\n".encode())
-            digest.update(image.tobytes())
-        sampling = ("steps", "shift", "cfg", "batch_size", "offload", "vae_tiling", "vae_slicing", "lora_scale",
-                    "checkpoint_every")
-        fit_opts = {k: v for k, v in opts.items() if k not in sampling}
-        return _json_hash(
-            {
-                "algorithm": ALGORITHM_VERSION,
-                "model": self.model_identity(),
-                "options": fit_opts,
-                "seed": context.seed,
-                "train_pool": digest.hexdigest(),
-                "n": len(train),
-            }
-        )
+    # ------------------------------------------------------------------ what training FLUX differs in
 
-    def _train(self, pipe, train, opts, context, checkpoint_dir: Path):
+    def _size_step(self, pipe) -> int:
+        return pipe.vae_scale_factor * 2  # FLUX packs 2×2 latent cells into a token
+
+    def _lora_targets(self, transformer, layers: str) -> list[str]:
         import torch
-        from dermabench_plugins.diffusion_training import RectifiedFlow, TimestepSampler, TrainConfig
-        from dermabench_plugins.diffusion_training import train as run_training
 
-        height, width = _snap(opts["height"], pipe), _snap(opts["width"], pipe)
-        data = self._training_set(pipe, train, opts, height, width, context)
-        transformer = pipe.transformer
-        if opts["train"] == "lora":
-            _add_lora(transformer, opts)
-        else:
-            transformer.requires_grad_(True)
-            if transformer.dtype != torch.float32:
-                with _quiet():
-                    transformer.to(torch.float32)
-        if opts["gradient_checkpointing"]:
-            transformer.enable_gradient_checkpointing()
-        denoiser = FluxDenoiser(transformer, height, width, pipe.vae_scale_factor, opts["guidance"])
-        objective = RectifiedFlow(TimestepSampler(opts["timesteps"], opts["logit_mean"], opts["logit_std"]))
-        cfg = TrainConfig(
-            steps=opts["train_steps"],
-            batch_size=opts["train_batch_size"],
-            grad_accum=opts["grad_accum"],
-            lr=opts["lr"],
-            weight_decay=opts["weight_decay"],
-            warmup_steps=opts["warmup"],
-            lr_schedule=opts["lr_schedule"],
-            ema_decay=opts["ema"],
-            flip=opts["flip"],
-            caption_dropout=opts["caption_dropout"],
-            checkpoint_every=opts["checkpoint_every"],
-            seed=derive_seed(context.seed, "dermaflux-train"),
-            stop_after=self.stop_after,
-        )
-        device, _ = self._device_dtype(context)
-        park = not self.is_tiny and self.config["offload"] == "none" and device.startswith("cuda")
-        if park:  # the embeddings are cached: lend the text encoders' GPU memory to training
-            pipe.text_encoder.to("cpu")
-            pipe.text_encoder_2.to("cpu")
-            torch.cuda.empty_cache()
-        try:
-            result = run_training(denoiser, data, objective, cfg, checkpoint_dir, device=device,
-                                  progress=context.progress)
-        finally:
-            if park:
-                pipe.text_encoder.to(device)
-                pipe.text_encoder_2.to(device)
-        transformer.requires_grad_(False)
-        transformer.eval()
-        return result
+        suffixes = LORA_LAYERS[layers]
+        names = []
+        for name, module in transformer.named_modules():
+            if not isinstance(module, torch.nn.Linear):
+                continue
+            if not name.startswith(("transformer_blocks.", "single_transformer_blocks.")):
+                continue
+            if any(name.endswith("." + s) for s in suffixes):
+                names.append(name)
+        return names
 
-    def _training_set(self, pipe, train, opts, height, width, context):
-        """Latents (B×C×h×w, standardised with the VAE's shift/scale) and text embeddings, computed once."""
+    def _denoiser(self, transformer, pipe, height: int, width: int, opts) -> FluxDenoiser:
+        return FluxDenoiser(transformer, height, width, pipe.vae_scale_factor, opts["guidance"])
+
+    def _objective(self, opts):
+        from dermabench_plugins.diffusion_training import RectifiedFlow, TimestepSampler
+
+        return RectifiedFlow(TimestepSampler(opts["timesteps"], opts["logit_mean"], opts["logit_std"]))
+
+    def _conditioning(self, captions: list[str], storage, opts) -> tuple[dict, dict]:
+        """T5 sequence and CLIP pooled embeddings of the captions, and of the empty caption (caption dropout)."""
         import torch
-        from dermabench_plugins.diffusion_training import TrainingSet
-        from dermabench_plugins.flux_tiny import DCTVAE
 
-        vae = pipe.vae
-        device = pipe._execution_device
-
-        def pixels_of(samples) -> torch.Tensor:
-            arrays = []
-            for sample in samples:
-                image = sample.image if sample.image.mode == "RGB" else sample.image.convert("RGB")
-                if image.size != (width, height):
-                    image = _center_resize(image, width, height)
-                arrays.append(np.asarray(image))
-            return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).to(device, vae.dtype) / 127.5 - 1.0
-
-        if isinstance(vae, DCTVAE):
-            # tiny models: the fixed DCT "autoencoder" standardises each frequency on the train pool first
-            with torch.inference_mode():
-                x = pixels_of(train)
-                vae.fit_normalization(x)
-                raw = vae.encode(x).latent_dist.mode().float().cpu()
-            del x
-        else:
-            chunk = 4  # a 1024 px VAE encode is memory-hungry
-            raw = []
-            batches = range(0, len(train), chunk)
-            for start in context.progress.track(batches, "dermaflux: caching latents", total=len(batches)):
-                with torch.inference_mode():
-                    raw.append(vae.encode(pixels_of(train[start : start + chunk])).latent_dist.mode().float().cpu())
-            raw = torch.cat(raw)
-        latents = (raw - vae.config.shift_factor) * vae.config.scaling_factor
-        storage = torch.float32 if self.is_tiny else torch.bfloat16
-        captions = [s.caption or f"This photo depicts a {dermabench.LABEL_NAMES[s.label]} lesion." for s in train]
         embeds = self._encode_prompts(captions + [""], opts)
         prompt_embeds = torch.stack([embeds[c][0] for c in captions]).to("cpu", storage)
         pooled = torch.stack([embeds[c][1] for c in captions]).to("cpu", storage)
         null = {"prompt_embeds": embeds[""][0][None].cpu(), "pooled": embeds[""][1][None].cpu()}
-        augment = vae.augment if isinstance(vae, DCTVAE) else None  # conv VAE latents flip with the image
-        return TrainingSet(latents.to(storage), {"prompt_embeds": prompt_embeds, "pooled": pooled}, null, augment)
-
-    def _save_trained(self, final: Path, opts, result, seconds: float) -> None:
-        from accelerate import PartialState
-
-        state = PartialState()
-        if not state.is_main_process:  # under `accelerate launch`: one process writes, the others wait
-            state.wait_for_everyone()
-            return
-        tmp = final.parent / (final.name + ".tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        pipe = self.pipe
-        if opts["train"] == "lora":
-            from diffusers import FluxPipeline
-            from peft.utils import get_peft_model_state_dict
-
-            layers = get_peft_model_state_dict(pipe.transformer)
-            # the adapter's peft config travels in the file's metadata (rank, alpha, targets)
-            metadata = pipe.transformer.peft_config["default"].to_dict()
-            FluxPipeline.save_lora_weights(tmp, transformer_lora_layers=layers, weight_name=LORA_FILE,
-                                           transformer_lora_adapter_metadata=metadata)
-            from dermabench_plugins.flux_tiny import DCTVAE
-
-            if isinstance(pipe.vae, DCTVAE):  # tiny: the VAE's train-pool standardisation goes beside the LoRA
-                from safetensors.torch import save_file
-
-                save_file({k: v.contiguous() for k, v in pipe.vae.state_dict().items()}, str(tmp / "vae.safetensors"))
-        else:
-            with _quiet():
-                pipe.save_pretrained(tmp, safe_serialization=True)
-        info = {
-            "train": opts["train"],
-            "steps": result.step,
-            "seconds": round(seconds, 2),
-            "first_loss": result.losses[0] if result.losses else None,
-            "final_loss": float(np.mean(result.losses[-20:])) if result.losses else None,
-            "resumed_from": result.resumed_from,
-        }
-        (tmp / "done.json").write_text(json.dumps(info, indent=1))
-        shutil.rmtree(final, ignore_errors=True)
-        os.replace(tmp, final)
-        state.wait_for_everyone()
-
-    def _load_trained(self, final: Path, opts, context) -> None:
-        """Switch the pipeline to the saved trained weights (the same code path for fresh and cached fits)."""
-        if opts["train"] == "lora":
-            pipe = self.load(context)
-            if "default" in getattr(pipe.transformer, "peft_config", {}):
-                pipe.transformer.delete_adapters("default")
-            self._apply_lora(final / LORA_FILE)
-        else:
-            import dermabench_plugins.flux_tiny  # noqa: F401 - from_pretrained finds DCTVAE only if imported
-            from diffusers import FluxPipeline
-
-            device, dtype = self._device_dtype(context)
-            with _quiet():
-                pipe = FluxPipeline.from_pretrained(final, local_files_only=True, dtype=dtype)
-            pipe.to(device)
-            pipe.set_progress_bar_config(disable=True)
-            for module in (pipe.transformer, pipe.text_encoder, pipe.text_encoder_2, pipe.vae):
-                module.eval()
-            self.pipe = pipe
+        return {"prompt_embeds": prompt_embeds, "pooled": pooled}, null
 
 
 # ---------------------------------------------------------------------- the FLUX half of training
@@ -739,107 +363,6 @@ def _tiny_spec(model: str):
     from dermabench_plugins.flux_tiny import PRESETS
 
     return PRESETS[model]
-
-
-def _snap(size: int, pipe) -> int:
-    """Round a side to what FLUX can make (a multiple of 2 × the VAE's downscale)."""
-    step = pipe.vae_scale_factor * 2
-    return max(step, round(size / step) * step)
-
-
-def _center_resize(image: Image.Image, width: int, height: int) -> Image.Image:
-    w, h = image.size
-    scale = max(width / w, height / h)
-    nw, nh = max(width, round(w * scale)), max(height, round(h * scale))
-    image = image.resize((nw, nh), Image.Resampling.BICUBIC)
-    left, top = (nw - width) // 2, (nh - height) // 2
-    return image.crop((left, top, left + width, top + height))
-
-
-def _lora_targets(transformer, layers: str) -> list[str]:
-    suffixes = LORA_LAYERS[layers]
-    import torch
-
-    names = []
-    for name, module in transformer.named_modules():
-        if not isinstance(module, torch.nn.Linear):
-            continue
-        if not name.startswith(("transformer_blocks.", "single_transformer_blocks.")):
-            continue
-        if any(name.endswith("." + s) for s in suffixes):
-            names.append(name)
-    return names
-
-
-def _add_lora(transformer, opts) -> None:
-    import torch
-    from diffusers.training_utils import cast_training_params
-    from peft import LoraConfig
-
-    transformer.requires_grad_(False)
-    config = LoraConfig(
-        r=opts["rank"],
-        lora_alpha=opts["alpha"],
-        init_lora_weights="gaussian",
-        target_modules=_lora_targets(transformer, opts["lora_layers"]),
-    )
-    transformer.add_adapter(config)
-    cast_training_params(transformer, torch.float32)  # LoRA weights train in fp32 on a bf16 base
-
-
-_HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
-
-
-def _model_location(model: str) -> Path:
-    """The local folder of a FLUX model: the path itself, or its snapshot in the HF cache. Never downloads."""
-    path = Path(os.path.expanduser(model))
-    if path.exists():
-        if not path.is_dir() or not (path / "model_index.json").is_file():
-            raise DermabenchError(
-                f"generator 'dermaflux': {path} is not a diffusers FLUX folder (no model_index.json); "
-                "give the folder that holds model_index.json, transformer/, vae/, text_encoder*/, tokenizer*/"
-            )
-        return path
-    if not _HUB_ID.match(model) or model.startswith((".", "~", "/")):
-        raise DermabenchError(f"generator 'dermaflux': model folder not found: {path}")
-    from huggingface_hub import try_to_load_from_cache
-
-    cached = try_to_load_from_cache(model, "model_index.json")
-    if isinstance(cached, str):
-        return Path(cached).parent
-    offline = _truthy("HF_HUB_OFFLINE") or _truthy("TRANSFORMERS_OFFLINE")
-    from huggingface_hub import constants
-
-    where = constants.HF_HUB_CACHE
-    if offline:
-        raise DermabenchError(
-            f"generator 'dermaflux': model '{model}' is not in the Hugging Face cache ({where}) and HF_HUB_OFFLINE "
-            f"is set. Download it where there is network (`hf download {model}`, accepting its licence) or pass "
-            "model=/path/to/FLUX-folder"
-        )
-    raise DermabenchError(
-        f"generator 'dermaflux': model '{model}' is not in the Hugging Face cache ({where}). Download it first "
-        f"(`hf download {model}`; FLUX.1-dev needs its licence accepted on the hub) or pass model=/path/to/folder"
-    )
-
-
-def _load_flux(model: str, dtype) -> FluxPipeline:
-    import dermabench_plugins.flux_tiny  # noqa: F401 - a saved tiny DermaFlux names DCTVAE as its VAE
-    from diffusers import FluxPipeline
-
-    folder = _model_location(model)
-    missing = [
-        part
-        for part in ("transformer", "vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2", "scheduler")
-        if not (folder / part).is_dir()
-    ]
-    if missing:
-        raise DermabenchError(f"generator 'dermaflux': the FLUX folder {folder} lacks {', '.join(missing)}")
-    try:
-        with _quiet():
-            return FluxPipeline.from_pretrained(folder, dtype=dtype, local_files_only=True, use_safetensors=True)
-    except (OSError, ValueError) as exc:
-        raise DermabenchError(f"generator 'dermaflux': cannot load FLUX from {folder}: {exc}") from exc
 
 
 @dermabench.hookimpl

@@ -12,7 +12,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
 import threading
 from collections.abc import Callable, Sequence
@@ -26,16 +25,12 @@ from PIL import Image
 import dermabench
 from dermabench.errors import weights_only_refusal
 
+# the weights file hash and the offline check are shared with the generators (which must not import torch early)
+from dermabench_plugins.model_files import hub_offline  # noqa: F401 - re-exported for the extractors
+from dermabench_plugins.model_files import sha256_file as weights_fingerprint  # noqa: F401 - re-exported
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-
-_FINGERPRINTS: dict[tuple[str, int, int], str] = {}
-
-
-def hub_offline() -> bool:
-    """True when HF_HUB_OFFLINE / TRANSFORMERS_OFFLINE say that nothing may be downloaded."""
-    flags = (os.environ.get(var, "").strip().lower() for var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
-    return any(flag in ("1", "true", "yes", "on") for flag in flags)
 
 
 def existing_file(path: str | os.PathLike, who: str, option: str = "weights") -> Path:
@@ -60,19 +55,6 @@ def load_state_dict_file(path: Path, who: str) -> dict[str, Any]:
     if not isinstance(loaded, dict):
         raise dermabench.PluginError(f"{who}: {path} holds a {type(loaded).__name__}, not a state dict")
     return loaded
-
-
-def weights_fingerprint(path: Path) -> str:
-    """SHA-256 (hex) of a file, computed once per path, size and modification time."""
-    stat = path.stat()
-    key = (str(path), stat.st_size, stat.st_mtime_ns)
-    if key not in _FINGERPRINTS:
-        digest = hashlib.sha256()
-        with open(path, "rb") as handle:
-            for block in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(block)
-        _FINGERPRINTS[key] = digest.hexdigest()
-    return _FINGERPRINTS[key]
 
 
 class ModelCache:

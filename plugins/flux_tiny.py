@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, replace
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
@@ -47,6 +47,7 @@ __all__ = [
     "PRESETS",
     "TinyFluxSpec",
     "build_tiny_flux",
+    "tiny_clip",
     "word_tokenizer",
 ]
 
@@ -116,6 +117,27 @@ def word_tokenizer(max_length: int, bos: bool = False):
     )
 
 
+def tiny_clip(tokenizer, hidden: int, layers: int, with_projection: bool = False):
+    """A randomly initialised CLIP text encoder over `tokenizer` (from the global RNG: call it seeded).
+    `with_projection`: CLIPTextModelWithProjection, SDXL's second encoder."""
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    config = CLIPTextConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=hidden,
+        intermediate_size=hidden * 4,
+        num_hidden_layers=layers,
+        num_attention_heads=max(1, hidden // 32),
+        max_position_embeddings=tokenizer.model_max_length,
+        projection_dim=hidden,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        hidden_act="quick_gelu",
+    )
+    return (CLIPTextModelWithProjection if with_projection else CLIPTextModel)(config)
+
+
 class _PixelLatent:
     """The 'posterior' of a deterministic encoder: sample() and mode() are the latent itself."""
 
@@ -177,6 +199,9 @@ class DCTVAE(ModelMixin, ConfigMixin):
     """
 
     _supports_gradient_checkpointing = False
+    #: latent cells along a block's side: 2, so that FluxPipeline's 2×2 packing makes one token per block
+    #: (`sd_tiny.BlockDCTVAE`: 1, one cell per block for a conv net)
+    cells_per_block: ClassVar[int] = 2
 
     @register_to_config
     def __init__(
@@ -197,8 +222,9 @@ class DCTVAE(ModelMixin, ConfigMixin):
         count = luma_coefficients + 2 * chroma_coefficients
         if count % 4:
             raise ValueError(f"luma + 2 × chroma coefficients must be a multiple of 4, got {count}")
+        cells = self.cells_per_block
         self.register_to_config(
-            latent_channels=count // 4, block_out_channels=[3] * (int(math.log2(downscale)) + 1)
+            latent_channels=count // cells**2, block_out_channels=[3] * (int(math.log2(block // cells)) + 1)
         )
         self.block = block
         self.register_buffer("dct", _dct_matrix(block), persistent=False)
@@ -392,7 +418,7 @@ def build_tiny_flux(spec: TinyFluxSpec | None = None, seed: int = 0) -> FluxPipe
     Deterministic: the same spec and seed give bit-identical weights (on one torch version).
     The global torch RNG is left untouched.
     """
-    from transformers import CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel
+    from transformers import T5Config, T5EncoderModel
 
     spec = spec or TinyFluxSpec()
     if sum(spec.axes_dims_rope) != spec.attention_head_dim:
@@ -413,21 +439,7 @@ def build_tiny_flux(spec: TinyFluxSpec | None = None, seed: int = 0) -> FluxPipe
             guidance_embeds=spec.guidance_embeds,
             axes_dims_rope=tuple(spec.axes_dims_rope),
         )
-        clip = CLIPTextModel(
-            CLIPTextConfig(
-                vocab_size=len(tok_clip),
-                hidden_size=spec.clip_hidden,
-                intermediate_size=spec.clip_hidden * 4,
-                num_hidden_layers=spec.clip_layers,
-                num_attention_heads=max(1, spec.clip_hidden // 32),
-                max_position_embeddings=tok_clip.model_max_length,
-                projection_dim=spec.clip_hidden,
-                bos_token_id=tok_clip.bos_token_id,
-                eos_token_id=tok_clip.eos_token_id,
-                pad_token_id=tok_clip.pad_token_id,
-                hidden_act="quick_gelu",
-            )
-        )
+        clip = tiny_clip(tok_clip, spec.clip_hidden, spec.clip_layers)
         t5 = T5EncoderModel(
             T5Config(
                 vocab_size=len(tok_t5),

@@ -38,19 +38,17 @@ SD folder (the VAE's class is found through this module's import path).
 
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import torch
-from dermabench_plugins.flux_tiny import DCTVAE, word_tokenizer
+from dermabench_plugins.flux_tiny import DCTVAE, tiny_clip, word_tokenizer
 from diffusers import (
     DPMSolverMultistepScheduler,
     StableDiffusionPipeline,
     StableDiffusionXLPipeline,
     UNet2DConditionModel,
 )
-from diffusers.configuration_utils import register_to_config
 
 # from_pretrained looks up a component's base class in the module that model_index.json names
 # (["dermabench_plugins.sd_tiny", "BlockDCTVAE"]): ModelMixin must be importable from here
@@ -69,24 +67,7 @@ class BlockDCTVAE(DCTVAE):
     latent is `block` times smaller than the image (SD's `vae_scale_factor`).
     """
 
-    @register_to_config
-    def __init__(
-        self,
-        downscale: int = 4,
-        luma_coefficients: int = 32,
-        chroma_coefficients: int = 8,
-        scaling_factor: float = 1.0,
-        shift_factor: float = 0.0,
-        latent_channels: int | None = None,
-        block_out_channels: tuple[int, ...] | None = None,
-        deblock: float = 0.0,
-    ) -> None:
-        super().__init__(downscale, luma_coefficients, chroma_coefficients, scaling_factor, shift_factor,
-                         latent_channels, block_out_channels, deblock)
-        self.register_to_config(
-            latent_channels=luma_coefficients + 2 * chroma_coefficients,
-            block_out_channels=[3] * (int(math.log2(self.block)) + 1),
-        )
+    cells_per_block = 1
 
     def _to_latent(self, coef: torch.Tensor) -> torch.Tensor:
         z = (coef - self.mean.to(coef.dtype)) / self.std.to(coef.dtype)
@@ -161,25 +142,6 @@ def sd_scheduler_config(prediction_type: str = "epsilon") -> dict[str, Any]:
     }
 
 
-def _clip(tokenizer, hidden: int, layers: int, with_projection: bool = False):
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
-
-    config = CLIPTextConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=hidden,
-        intermediate_size=hidden * 4,
-        num_hidden_layers=layers,
-        num_attention_heads=max(1, hidden // 32),
-        max_position_embeddings=tokenizer.model_max_length,
-        projection_dim=hidden,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-        hidden_act="quick_gelu",
-    )
-    return (CLIPTextModelWithProjection if with_projection else CLIPTextModel)(config)
-
-
 def tiny_unet(spec: TinySDSpec, xl: bool = False) -> UNet2DConditionModel:
     channels = spec.luma_coefficients + 2 * spec.chroma_coefficients
     down = tuple("CrossAttnDownBlock2D" if a else "DownBlock2D" for a in spec.attention_levels)
@@ -226,11 +188,11 @@ def build_tiny_sd(spec: TinySDSpec | None = None, seed: int = 0, xl: bool = Fals
         if xl:
             tok, tok_2 = word_tokenizer(spec.clip_max_length, bos=True), word_tokenizer(spec.clip_max_length, bos=True)
             half = spec.clip_hidden // 2
-            clip = _clip(tok, half, spec.clip_layers)
-            clip_2 = _clip(tok_2, half, spec.clip_layers, with_projection=True)
+            clip = tiny_clip(tok, half, spec.clip_layers)
+            clip_2 = tiny_clip(tok_2, half, spec.clip_layers, with_projection=True)
         else:
             tok = word_tokenizer(spec.clip_max_length, bos=True)
-            clip = _clip(tok, spec.clip_hidden, spec.clip_layers)
+            clip = tiny_clip(tok, spec.clip_hidden, spec.clip_layers)
     if xl:
         pipe = StableDiffusionXLPipeline(vae=vae, text_encoder=clip, text_encoder_2=clip_2, tokenizer=tok,
                                          tokenizer_2=tok_2, unet=unet, scheduler=scheduler,

@@ -37,8 +37,8 @@ text encoder over the same word tokenizer, on the same fixed DCT latent space as
 DermaFlux tiny, SD's noise schedule with SD 2.x's v-prediction (ε, SD 1.5's target,
 samples only noise after the CPU budget; ``prediction_type=epsilon`` to see it) —
 trained **from scratch, full-parameter** with DermaFlux tiny's per-profile budget
-(`dermaflux.TINY_TRAIN_DEFAULTS`: same steps × batch), learning rate, warm-up and
-schedule. ``sdxl`` with ``model=tiny`` builds the SDXL variant
+(`trained_generator.TINY_TRAIN_DEFAULTS`: same steps × batch), learning rate,
+warm-up and schedule. ``sdxl`` with ``model=tiny`` builds the SDXL variant
 (two text encoders, size conditioning). ``model=micro`` is for tests.
 
 **Sampling.** ``sampler=`` ``dpmsolver++`` (the default: DPM-Solver++ 2M,
@@ -56,25 +56,18 @@ CPU ``torch.Generator`` seeded with ``prompt.seed``, so an image depends on its 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
-import os
-import re
-import shutil
-from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
-import numpy as np
-from dermabench_plugins.dermaflux import TINY_TRAIN_DEFAULTS, _center_resize, _json_hash, _quiet, _sha256_file
-from PIL import Image
-
 import dermabench
-from dermabench import Option, parse_options
-from dermabench.errors import DermabenchError, PluginError
+from dermabench import Option
+from dermabench.errors import DermabenchError
 from dermabench.seeding import derive_seed
-from dermabench_plugins.trained_generator import TrainedGenerator
+from dermabench_plugins.model_files import model_location
+from dermabench_plugins.trained_generator import (LOOP_OPTIONS, OPTIMISER_OPTIONS, WEIGHT_OPTIONS,
+                                                  TrainedGenerator, quiet)
 
 if TYPE_CHECKING:  # torch and diffusers are imported when a model is needed (listing plugins stays fast)
     import torch
@@ -82,9 +75,6 @@ if TYPE_CHECKING:  # torch and diffusers are imported when a model is needed (li
 
 #: bump when fitting or sampling changes, so cached weights and images are not reused
 ALGORITHM_VERSION = "1"
-TINY_MODELS = ("tiny", "micro")
-LORA_FILE = "pytorch_lora_weights.safetensors"
-ADAPTER = "sd"
 SAMPLERS = ("dpmsolver++", "ddim", "ddpm")
 
 #: LoRA targets, by module-name suffix inside the UNet's attention (transformer) blocks
@@ -94,10 +84,6 @@ _PROJECTIONS = ("proj_in", "proj_out", "ff.net.0.proj", "ff.net.2")
 LORA_LAYERS = {"attention": _ATTENTION, "blocks": _ATTENTION + _PROJECTIONS}
 
 log = logging.getLogger("dermabench.stable_diffusion")
-
-
-def _truthy(name: str) -> bool:
-    return os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
 
 
 class StableDiffusionGenerator(TrainedGenerator):
@@ -113,13 +99,7 @@ class StableDiffusionGenerator(TrainedGenerator):
     option_specs: ClassVar[dict[str, Option]] = {
         # the model
         "model": Option("str", "tiny", "tiny | micro | a diffusers folder | a hub id in the HF cache"),
-        "lora": Option("str", None, "a trained LoRA (.safetensors file or folder; diffusers or kohya format)",
-                       optional=True),
-        "lora_scale": Option("float", 1.0, "strength of the LoRA", min=0),
-        "dtype": Option("str", "auto", "weights dtype", choices=("auto", "bf16", "fp16", "fp32")),
-        "offload": Option("str", "none", "CPU offload on CUDA", choices=("none", "model", "sequential")),
-        "vae_tiling": Option("bool", False, "decode in tiles (large images, less memory)"),
-        "vae_slicing": Option("bool", False, "decode one image at a time (less memory)"),
+        **WEIGHT_OPTIONS,
         # sampling
         "sampler": Option("str", "dpmsolver++", "dpmsolver++ (DPM-Solver++ 2M), ddim (eta 0) or ddpm (ancestral)",
                           choices=SAMPLERS),
@@ -136,17 +116,7 @@ class StableDiffusionGenerator(TrainedGenerator):
                         choices=("auto", "none", "lora", "full")),
         "train_steps": Option("int", None, "optimisation steps (default by profile for tiny models, as dermaflux; "
                               "1000 otherwise)", min=1, optional=True),
-        "train_batch_size": Option("int", None, "images per step and process (default by profile for tiny; "
-                                   "1 otherwise)", min=1, optional=True),
-        "grad_accum": Option("int", 1, "gradient accumulation micro-steps", min=1),
-        "lr": Option("float", None, "AdamW learning rate (default 1e-4 LoRA, 1e-3 full)", min=0,
-                     min_inclusive=False, optional=True),
-        "weight_decay": Option("float", 1e-4, "AdamW weight decay (not on biases and norms)", min=0),
-        "warmup": Option("int", None, "linear warm-up steps (default 0 LoRA, 5 % full)", min=0, optional=True),
-        "lr_schedule": Option("str", None, "constant or cosine (default constant LoRA, cosine full)",
-                              choices=("constant", "cosine"), optional=True),
-        "rank": Option("int", 64, "LoRA rank", min=1),
-        "alpha": Option("float", 64.0, "LoRA alpha (scale = alpha / rank)", min=0, min_inclusive=False),
+        **OPTIMISER_OPTIONS,
         "lora_layers": Option("str", "attention", "LoRA targets: attention (to_q/k/v/out of self- and "
                               "cross-attention), blocks (+ projections and MLPs)", choices=tuple(LORA_LAYERS)),
         "prediction_type": Option("str", None, "what a tiny UNet learns to predict (default v_prediction, as SD "
@@ -156,57 +126,27 @@ class StableDiffusionGenerator(TrainedGenerator):
                             min_inclusive=False, optional=True),
         "caption_dropout": Option("float", 0.0, "share of captions replaced by the empty caption (for guidance)",
                                   min=0, max=1),
-        "flip": Option("bool", True, "random flips and quarter turns of the training latents"),
-        "ema": Option("float", 0.0, "EMA decay of the trained weights (0 = off)", min=0, max=1,
-                      max_inclusive=False),
-        "checkpoint_every": Option("int", 250, "save a resumable checkpoint every N steps (0 = never)", min=0),
-        "gradient_checkpointing": Option("bool", None, "trade compute for memory (default: on for full-size "
-                                         "models, off for tiny)", optional=True),
+        **LOOP_OPTIONS,
     }
 
-    def __init__(self, **options: Any) -> None:
-        super().__init__(**options)
-        self.config = parse_options(f"generator '{self.name}'", options, self.option_specs, "--generator-opt")
-        self.pipe: DiffusionPipeline | None = None
-        self._fitted = False
-        self._lora_loaded = False
-        self._model_info: dict[str, Any] | None = None
-        self._scheduler_config: dict[str, Any] | None = None
-        self.last_fit: dict[str, Any] = {}
-        #: stop training after this step, leaving a checkpoint (tests simulate a killed fit with it)
-        self.stop_after: int | None = None
-        c = self.config
-        if c["lora"] is not None and c["train"] in ("lora", "full"):
-            raise DermabenchError(
-                f"generator '{self.name}': lora= applies a trained LoRA and train={c['train']} would train another; "
-                "use train=none with lora=, or drop lora= to train"
-            )
-        if c["offload"] != "none" and self.is_tiny:
-            raise DermabenchError(f"generator '{self.name}': offload is for full-size models on CUDA, not model=tiny")
-        if c["prediction_type"] is not None and not self.is_tiny:
+    #: the options that change sampling, not the trained weights: a fit's key leaves them out
+    sampling_options = ("sampler", "steps", "guidance", "batch_size", "offload", "vae_tiling", "vae_slicing",
+                        "lora_scale", "checkpoint_every")
+    pipe: DiffusionPipeline | None
+    #: fit trains the UNet; a LoRA file is loaded as adapter "sd"
+    trained_component = "unet"
+    adapter = "sd"
+    #: the model's noise schedule: the samplers and the DDPM objective are built from it
+    _scheduler_config: dict[str, Any] | None = None
+
+    def _check_options(self) -> None:
+        if self.config["prediction_type"] is not None and not self.is_tiny:
             raise DermabenchError(
                 f"generator '{self.name}': prediction_type is for tiny models; a full-size model trains with the "
                 "target its scheduler config declares"
             )
-        if c["lora"] is not None:
-            self._lora_file()  # fails early if missing or not safetensors
-        if not self.is_tiny:
-            self._model_location()  # fails early for a missing local folder or an uncached hub id
 
     # ------------------------------------------------------------------ resolution of options
-
-    @property
-    def is_tiny(self) -> bool:
-        return self.config["model"] in TINY_MODELS
-
-    @property
-    def train_mode(self) -> str:
-        mode = self.config["train"]
-        if mode != "auto":
-            return mode
-        if self.config["lora"] is not None:
-            return "none"
-        return "full" if self.is_tiny else "lora"
 
     def _tiny_spec(self):
         from dermabench_plugins.sd_tiny import spec_from
@@ -214,29 +154,10 @@ class StableDiffusionGenerator(TrainedGenerator):
         chosen = self.config["prediction_type"]
         return spec_from(self.config["model"], **({"prediction_type": chosen} if chosen else {}))
 
-    def _lora_file(self) -> Path:
-        path = Path(os.path.expanduser(self.config["lora"]))
-        if path.is_dir():
-            candidates = [path / LORA_FILE] if (path / LORA_FILE).is_file() else sorted(path.glob("*.safetensors"))
-            if len(candidates) != 1:
-                raise DermabenchError(
-                    f"generator '{self.name}': LoRA folder {path} must hold {LORA_FILE} or exactly one .safetensors "
-                    f"file (found {len(candidates)})"
-                )
-            path = candidates[0]
-        if not path.is_file():
-            raise DermabenchError(f"generator '{self.name}': LoRA file not found: {path}")
-        if path.suffix != ".safetensors":
-            raise DermabenchError(
-                f"generator '{self.name}': LoRA files are loaded only as .safetensors (no pickles), got {path.name}"
-            )
-        return path
-
     def resolved(self, context: dermabench.RunContext | None = None) -> dict[str, Any]:
         """Every option with its effective value (defaults that depend on the model/profile filled in)."""
         c = dict(self.config)
         tiny = self.is_tiny
-        profile = context.profile if context is not None else "quick"
         if c["steps"] is None:
             c["steps"] = 12 if tiny else 25
         if c["guidance"] is None:
@@ -247,26 +168,10 @@ class StableDiffusionGenerator(TrainedGenerator):
                 c[side] = size if tiny else self._native_size()
         if c["batch_size"] is None:
             c["batch_size"] = 64 if tiny else 4
-        mode = self.train_mode
-        full = mode == "full"
-        if tiny and mode != "none":
-            # the same budget as DermaFlux tiny: same steps × batch per profile
-            defaults = TINY_TRAIN_DEFAULTS.get(profile, TINY_TRAIN_DEFAULTS["quick"])
-            c["train_steps"] = c["train_steps"] or defaults["train_steps"]
-            c["train_batch_size"] = c["train_batch_size"] or defaults["train_batch_size"]
-        c["train_steps"] = c["train_steps"] or 1000
-        c["train_batch_size"] = c["train_batch_size"] or 1
-        if c["lr"] is None:
-            c["lr"] = 1e-3 if full else 1e-4
-        if c["warmup"] is None:
-            c["warmup"] = max(1, c["train_steps"] // 20) if full else 0
-        if c["lr_schedule"] is None:
-            c["lr_schedule"] = "cosine" if full else "constant"
-        if c["gradient_checkpointing"] is None:
-            c["gradient_checkpointing"] = not tiny
+        # tiny models: the same budget as DermaFlux tiny (same steps × batch per profile)
+        self._resolve_training(c, context.profile if context is not None else "quick")
         if tiny:
             c["prediction_type"] = self._tiny_spec().prediction_type
-        c["train"] = mode
         return c
 
     def _native_size(self) -> int:
@@ -281,20 +186,7 @@ class StableDiffusionGenerator(TrainedGenerator):
         except (OSError, ValueError, KeyError, TypeError):
             return 1024 if self.xl else 512
 
-    # ------------------------------------------------------------------ loading
-
-    def _device_dtype(self, context: dermabench.RunContext) -> tuple[str, torch.dtype]:
-        import torch
-
-        device = context.device
-        if device == "auto":
-            device = "cuda" if torch.cuda.is_available() else "cpu"
-        choice = self.config["dtype"]
-        if choice == "auto":
-            dtype = torch.bfloat16 if device.startswith("cuda") and not self.is_tiny else torch.float32
-        else:
-            dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[choice]
-        return device, dtype
+    # ------------------------------------------------------------------ the model: where, what, how it loads
 
     @property
     def _components(self) -> tuple[str, ...]:
@@ -309,131 +201,58 @@ class StableDiffusionGenerator(TrainedGenerator):
 
     def _model_location(self) -> Path:
         """The local folder of the model: the path itself, or its snapshot in the HF cache. Never downloads."""
-        model, name = self.config["model"], self.name
-        path = Path(os.path.expanduser(model))
-        if path.exists():
-            if not path.is_dir() or not (path / "model_index.json").is_file():
-                raise DermabenchError(
-                    f"generator '{name}': {path} is not a diffusers Stable Diffusion folder (no model_index.json); "
-                    f"give the folder that holds model_index.json, {', '.join(c + '/' for c in self._components)} "
-                    "(single-file .ckpt/.safetensors checkpoints: convert them with diffusers first)"
-                )
-            return path
-        if not _HUB_ID.match(model) or model.startswith((".", "~", "/")):
-            raise DermabenchError(f"generator '{name}': model folder not found: {path}")
-        from huggingface_hub import constants, try_to_load_from_cache
-
-        cached = try_to_load_from_cache(model, "model_index.json")
-        if isinstance(cached, str):
-            return Path(cached).parent
-        where = constants.HF_HUB_CACHE
-        if _truthy("HF_HUB_OFFLINE") or _truthy("TRANSFORMERS_OFFLINE"):
-            raise DermabenchError(
-                f"generator '{name}': model '{model}' is not in the Hugging Face cache ({where}) and HF_HUB_OFFLINE "
-                f"is set. Download it where there is network (`hf download {model}`) or pass "
-                "model=/path/to/diffusers-folder"
-            )
-        raise DermabenchError(
-            f"generator '{name}': model '{model}' is not in the Hugging Face cache ({where}). Download it first "
-            f"(`hf download {model}`, e.g. {self.example_hub_id}) or pass model=/path/to/diffusers-folder"
+        model = self.config["model"]
+        return model_location(
+            model,
+            self.name,
+            kind="Stable Diffusion",
+            holds=f"{', '.join(c + '/' for c in self._components)} (single-file .ckpt/.safetensors checkpoints: "
+            "convert them with diffusers first)",
+            offline=f"Download it where there is network (`hf download {model}`) or pass "
+            "model=/path/to/diffusers-folder",
+            online=f"Download it first (`hf download {model}`, e.g. {self.example_hub_id}) or pass "
+            "model=/path/to/diffusers-folder",
         )
 
-    def model_identity(self) -> dict[str, Any]:
-        """What identifies the base weights, without reading gigabytes: configs + weight file names and sizes."""
-        if self._model_info is None:
-            model = self.config["model"]
-            if model in TINY_MODELS:
-                from dermabench_plugins.sd_tiny import TINY_VERSION
+    def _tiny_identity(self) -> dict[str, Any]:
+        from dermabench_plugins.sd_tiny import TINY_VERSION
 
-                self._model_info = {"tiny": model, "xl": self.xl, "version": TINY_VERSION,
-                                    "spec": self._tiny_spec().to_dict()}
-            else:
-                folder = self._model_location()
-                files = {}
-                for path in sorted(folder.rglob("*")):
-                    if path.is_file() or path.is_symlink():
-                        rel = str(path.relative_to(folder))
-                        if path.suffix == ".json":
-                            files[rel] = hashlib.sha256(path.read_bytes()).hexdigest()
-                        elif path.suffix in (".safetensors", ".bin", ".model", ".txt"):
-                            files[rel] = path.stat().st_size
-                self._model_info = {"model": model, "snapshot": folder.name, "files": _json_hash(files)}
-        return self._model_info
+        return {"tiny": self.config["model"], "xl": self.xl, "version": TINY_VERSION,
+                "spec": self._tiny_spec().to_dict()}
+
+    def _key_fields(self) -> dict[str, Any]:
+        """What names the generator in its fit and image-cache keys (frozen: users' caches are keyed on it).
+        sd15 and sdxl share options and tiny presets: the name keeps their fits and images apart."""
+        return {"algorithm": ALGORITHM_VERSION, "generator": self.name}
 
     def _from_pretrained(self, folder: Path, dtype) -> DiffusionPipeline:
         import dermabench_plugins.sd_tiny  # noqa: F401 - a saved tiny SD names BlockDCTVAE as its VAE
 
         extra = {"add_watermarker": False} if self.xl else {"safety_checker": None, "requires_safety_checker": False}
         try:
-            with _quiet():
+            with quiet():
                 return self._pipeline_class.from_pretrained(folder, dtype=dtype, local_files_only=True,
                                                             use_safetensors=True, **extra)
         except (OSError, ValueError, TypeError) as exc:
             raise DermabenchError(f"generator '{self.name}': cannot load {folder}: {exc}") from exc
 
-    def load(self, context: dermabench.RunContext) -> DiffusionPipeline:
-        """The base pipeline on the run's device (tiny: built; otherwise from the folder / HF cache)."""
-        if self.pipe is not None:
-            return self.pipe
-        import torch
+    def _build_tiny(self, context: dermabench.RunContext) -> DiffusionPipeline:
+        from dermabench_plugins.sd_tiny import build_tiny_sd
 
-        device, dtype = self._device_dtype(context)
-        if self.config["offload"] != "none" and not device.startswith("cuda"):
-            raise DermabenchError(f"generator '{self.name}': offload={self.config['offload']} needs a CUDA device")
-        with _quiet():
-            if self.is_tiny:
-                from dermabench_plugins.sd_tiny import build_tiny_sd
-
-                pipe = build_tiny_sd(self._tiny_spec(), seed=derive_seed(context.seed, self.name), xl=self.xl)
-                pipe.to(device=device) if dtype == torch.float32 else pipe.to(device=device, dtype=dtype)
-            else:
-                folder = self._model_location()
-                missing = [part for part in self._components if not (folder / part).is_dir()]
-                if missing:
-                    raise DermabenchError(f"generator '{self.name}': the model folder {folder} lacks "
-                                          f"{', '.join(missing)}")
-                pipe = self._from_pretrained(folder, dtype)
-                if self.config["offload"] == "model":
-                    pipe.enable_model_cpu_offload()
-                elif self.config["offload"] == "sequential":
-                    pipe.enable_sequential_cpu_offload()
-                else:
-                    pipe.to(device)
-        self._setup(pipe)
-        return pipe
+        return build_tiny_sd(self._tiny_spec(), seed=derive_seed(context.seed, self.name), xl=self.xl)
 
     def _setup(self, pipe) -> None:
-        if self.config["vae_tiling"]:
-            pipe.vae.enable_tiling()
-        if self.config["vae_slicing"]:
-            pipe.vae.enable_slicing()
-        pipe.set_progress_bar_config(disable=True)
-        for module in _modules(pipe):
-            module.eval()
+        super()._setup(pipe)
         self._scheduler_config = dict(pipe.scheduler.config)
-        self.pipe = pipe
 
-    def _apply_lora(self, path: Path) -> None:
-        """Load a LoRA file (diffusers/peft or kohya format) into the pipeline as adapter 'sd'."""
-        pipe = self.pipe
-        assert pipe is not None
-        if self._lora_loaded:
-            pipe.delete_adapters(ADAPTER)
-        try:
-            with _quiet():
-                pipe.load_lora_weights(str(path.parent), weight_name=path.name, adapter_name=ADAPTER,
-                                       use_safetensors=True, local_files_only=True)
-        except (ValueError, KeyError, RuntimeError, OSError) as exc:
-            raise DermabenchError(f"generator '{self.name}': cannot apply LoRA {path}: {exc}") from exc
-        from dermabench_plugins.flux_tiny import DCTVAE
+    def _load_saved_pipeline(self, folder: Path, context: dermabench.RunContext) -> None:
+        """A fully trained pipeline, as `_save_trained` wrote it: an ordinary diffusers folder."""
+        device, dtype = self._device_dtype(context)
+        pipe = self._from_pretrained(folder, dtype)
+        pipe.to(device)
+        self._setup(pipe)
 
-        if isinstance(pipe.vae, DCTVAE) and (path.parent / "vae.safetensors").is_file():
-            # a tiny LoRA fit keeps its VAE's train-pool standardisation beside the LoRA
-            from safetensors.torch import load_file
-
-            pipe.vae.load_state_dict(load_file(str(path.parent / "vae.safetensors")))
-        pipe.set_adapters([ADAPTER], adapter_weights=[self.config["lora_scale"]])
-        self._lora_loaded = True
+    # ------------------------------------------------------------------ what sampling a UNet differs in
 
     def _sampler(self, opts: dict[str, Any]):
         """The chosen sampler, built from the model's scheduler config (same betas and prediction type)."""
@@ -446,285 +265,98 @@ class StableDiffusionGenerator(TrainedGenerator):
             return DDIMScheduler.from_config(config)
         return DPMSolverMultistepScheduler.from_config(config, algorithm_type="dpmsolver++", solver_order=2)
 
-    # ------------------------------------------------------------------ plugin API
+    def _encode_text(self, pipe, texts: list[str], device, opts) -> tuple[torch.Tensor, Any]:
+        """CLIP embeddings (L×D each); SDXL: + the pooled ones of its second encoder (P each), else None."""
+        if self.xl:
+            pe, _, pooled, _ = pipe.encode_prompt(prompt=texts, device=device, num_images_per_prompt=1,
+                                                  do_classifier_free_guidance=False)
+            return pe, pooled
+        pe, _ = pipe.encode_prompt(texts, device, 1, do_classifier_free_guidance=False)
+        return pe, [None] * len(texts)
 
-    def cache_key(self) -> dict[str, Any]:
-        import diffusers
-        import torch
-
-        return {
-            "algorithm": ALGORITHM_VERSION,
-            "generator": self.name,
-            "model": self.model_identity(),
-            "lora": _sha256_file(self._lora_file()) if self.config["lora"] is not None else None,
-            "options": self.resolved(None),
-            "diffusers": diffusers.__version__,
-            "torch": torch.__version__,
-        }
-
-    def generate(self, prompts: Sequence[dermabench.Prompt], context: dermabench.RunContext) -> list[Image.Image]:
-        import torch
-
-        opts = self.resolved(context)
-        if not self._fitted and opts["train"] != "none":
-            raise PluginError(
-                f"generator '{self.name}': generate called before fit (train={opts['train']}); "
-                "call fit, or use train=none for the base model"
-            )
-        pipe = self.load(context)
-        if self.config["lora"] is not None and not self._lora_loaded:
-            self._apply_lora(self._lora_file())
-        if not prompts:
-            return []
-        height, width = _snap(opts["height"], pipe), _snap(opts["width"], pipe)
-        # several processes: the host hands each its own shards of prompts (dermabench/processes.py)
-        own = list(prompts)
-        pipe.scheduler = self._sampler(opts)
-        guided = opts["guidance"] > 1
-        embeds = self._encode_prompts([p.text for p in own])
-        negative = self._null_embeddings() if guided else None
-        arrays: list[np.ndarray] = []
-        batches = range(0, len(own), opts["batch_size"])
-        batches = context.progress.track(batches, f"{self.name}: {len(own)} images", total=len(batches))
-        for start in batches:
-            batch = own[start : start + opts["batch_size"]]
-            pe = torch.stack([embeds[p.text][0] for p in batch])
-            extra: dict[str, Any] = {}
-            if self.xl:
-                extra["pooled_prompt_embeds"] = torch.stack([embeds[p.text][1] for p in batch])
-            if negative is not None:
-                extra["negative_prompt_embeds"] = negative[0][None].expand_as(pe).contiguous()
-                if self.xl:
-                    pooled = extra["pooled_prompt_embeds"]
-                    extra["negative_pooled_prompt_embeds"] = negative[1][None].expand_as(pooled).contiguous()
-            # one generator per prompt, on the CPU: an image depends on its seed only
-            generators = [torch.Generator("cpu").manual_seed(int(p.seed)) for p in batch]
-            with torch.inference_mode(), _quiet():
-                out = pipe(
-                    prompt_embeds=pe,
-                    height=height,
-                    width=width,
-                    num_inference_steps=opts["steps"],
-                    guidance_scale=opts["guidance"],
-                    generator=generators,
-                    output_type="np",
-                    **extra,
-                ).images
-            arrays.extend(np.clip(np.round(array * 255), 0, 255).astype(np.uint8) for array in out)
-        return [Image.fromarray(array, "RGB") for array in arrays]
-
-    # ------------------------------------------------------------------ internals
-
-    def _encode_prompts(self, texts: Sequence[str]) -> dict[str, tuple[torch.Tensor, torch.Tensor | None]]:
-        """(prompt_embeds L×D, pooled P or None) per distinct text, computed once, in chunks."""
-        import torch
-
-        pipe = self.pipe
-        assert pipe is not None
-        unique = list(dict.fromkeys(texts))
-        out: dict[str, tuple[torch.Tensor, torch.Tensor | None]] = {}
-        device = pipe._execution_device
-        for start in range(0, len(unique), 64):
-            chunk = unique[start : start + 64]
-            with torch.inference_mode(), _quiet():
-                if self.xl:
-                    pe, _, pooled, _ = pipe.encode_prompt(prompt=chunk, device=device, num_images_per_prompt=1,
-                                                          do_classifier_free_guidance=False)
-                else:
-                    pe, _ = pipe.encode_prompt(chunk, device, 1, do_classifier_free_guidance=False)
-                    pooled = [None] * len(chunk)
-            for text, e, p in zip(chunk, pe, pooled):
-                out[text] = (e, p)
-        return out
-
-    def _null_embeddings(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def _null_embeddings(self, opts) -> tuple[torch.Tensor, torch.Tensor | None]:
         """The conditioning of 'no caption', as the pipeline's classifier-free guidance uses it: the empty
         caption's embedding (SDXL with force_zeros_for_empty_prompt: zeros)."""
         import torch
 
-        pe, pooled = self._encode_prompts([""])[""]
+        pe, pooled = self._encode_prompts([""], opts)[""]
         if self.xl and self.pipe.config.get("force_zeros_for_empty_prompt", False):
             pe, pooled = torch.zeros_like(pe), torch.zeros_like(pooled)
         return pe, pooled
 
-    def _fit_key(self, train: Sequence[dermabench.Sample], opts: dict[str, Any], context) -> str:
-        digest = hashlib.sha256()
-        for sample in train:
-            image = sample.image if sample.image.mode == "RGB" else sample.image.convert("RGB")
-            digest.update(f"{sample.label}\t{sample.caption}\t{image.size}\n".encode())
-            digest.update(image.tobytes())
-        sampling = ("sampler", "steps", "guidance", "batch_size", "offload", "vae_tiling", "vae_slicing",
-                    "lora_scale", "checkpoint_every")
-        fit_opts = {k: v for k, v in opts.items() if k not in sampling}
-        return _json_hash(
-            {
-                "algorithm": ALGORITHM_VERSION,
-                "generator": self.name,
-                "model": self.model_identity(),
-                "options": fit_opts,
-                "seed": context.seed,
-                "train_pool": digest.hexdigest(),
-                "n": len(train),
-            }
-        )
+    def _sampling_setup(self, pipe, opts) -> tuple[torch.Tensor, torch.Tensor | None] | None:
+        """The chosen sampler; the unconditional embeddings when classifier-free guidance is on (guidance > 1)."""
+        pipe.scheduler = self._sampler(opts)
+        return self._null_embeddings(opts) if opts["guidance"] > 1 else None
 
-    def _train(self, pipe, train, opts, context, checkpoint_dir: Path):
+    def _batch_inputs(self, batch, embeds, negative, opts) -> dict[str, Any]:
         import torch
-        from dermabench_plugins.diffusion_training import DDPMObjective, TrainConfig
-        from dermabench_plugins.diffusion_training import train as run_training
 
-        height, width = _snap(opts["height"], pipe), _snap(opts["width"], pipe)
-        data = self._training_set(pipe, train, opts, height, width, context)
-        unet = pipe.unet
-        if opts["train"] == "lora":
-            _add_lora(unet, opts)
-        else:
-            unet.requires_grad_(True)
-            if unet.dtype != torch.float32:
-                with _quiet():
-                    unet.to(torch.float32)
-        if opts["gradient_checkpointing"]:
-            unet.enable_gradient_checkpointing()
-        denoiser = UNetDenoiser(unet, (height, width) if self.xl else None)
+        pe = torch.stack([embeds[p.text][0] for p in batch])
+        inputs: dict[str, Any] = {"prompt_embeds": pe}
+        if self.xl:
+            inputs["pooled_prompt_embeds"] = torch.stack([embeds[p.text][1] for p in batch])
+        if negative is not None:
+            inputs["negative_prompt_embeds"] = negative[0][None].expand_as(pe).contiguous()
+            if self.xl:
+                pooled = inputs["pooled_prompt_embeds"]
+                inputs["negative_pooled_prompt_embeds"] = negative[1][None].expand_as(pooled).contiguous()
+        return inputs
+
+    # ------------------------------------------------------------------ what training a UNet differs in
+
+    def _size_step(self, pipe) -> int:
+        """The VAE's downscale × the UNet's downsampling: a side the UNet can make is a multiple of it."""
+        return int(pipe.vae_scale_factor) * 2 ** (len(pipe.unet.config.block_out_channels) - 1)
+
+    def _lora_targets(self, unet, layers: str) -> list[str]:
+        import torch
+
+        suffixes = LORA_LAYERS[layers]
+        names = []
+        for name, module in unet.named_modules():
+            if not isinstance(module, (torch.nn.Linear, torch.nn.Conv2d)):
+                continue
+            if ".attentions." not in f".{name}":
+                continue
+            if any(name.endswith("." + s) for s in suffixes):
+                names.append(name)
+        return names
+
+    def _denoiser(self, unet, pipe, height: int, width: int, opts) -> UNetDenoiser:
+        return UNetDenoiser(unet, (height, width) if self.xl else None)
+
+    def _objective(self, opts):
+        from dermabench_plugins.diffusion_training import DDPMObjective
+
         # the difference to DermaFlux: DDPM noise schedule and ε/v target (from the scheduler) instead of a flow
-        objective = DDPMObjective.from_scheduler(self._scheduler_config, snr_gamma=opts["snr_gamma"])
-        cfg = TrainConfig(
-            steps=opts["train_steps"],
-            batch_size=opts["train_batch_size"],
-            grad_accum=opts["grad_accum"],
-            lr=opts["lr"],
-            weight_decay=opts["weight_decay"],
-            warmup_steps=opts["warmup"],
-            lr_schedule=opts["lr_schedule"],
-            ema_decay=opts["ema"],
-            flip=opts["flip"],
-            caption_dropout=opts["caption_dropout"],
-            checkpoint_every=opts["checkpoint_every"],
-            seed=derive_seed(context.seed, f"{self.name}-train"),
-            stop_after=self.stop_after,
-        )
-        device, _ = self._device_dtype(context)
-        encoders = [m for m in (pipe.text_encoder, getattr(pipe, "text_encoder_2", None)) if m is not None]
-        park = not self.is_tiny and self.config["offload"] == "none" and device.startswith("cuda")
-        if park:  # the embeddings are cached: lend the text encoders' GPU memory to training
-            for encoder in encoders:
-                encoder.to("cpu")
-            torch.cuda.empty_cache()
-        try:
-            result = run_training(denoiser, data, objective, cfg, checkpoint_dir, device=device,
-                                  progress=context.progress)
-        finally:
-            if park:
-                for encoder in encoders:
-                    encoder.to(device)
-        unet.requires_grad_(False)
-        unet.eval()
-        return result
+        return DDPMObjective.from_scheduler(self._scheduler_config, snr_gamma=opts["snr_gamma"])
 
-    def _training_set(self, pipe, train, opts, height, width, context):
-        """Latents (B×C×h×w, scaled with the VAE's scaling factor) and text embeddings, computed once."""
+    def _latents(self, pipe, train, height, width, context):
         import torch
-        from dermabench_plugins.diffusion_training import TrainingSet
-        from dermabench_plugins.flux_tiny import DCTVAE
 
         vae = pipe.vae
-        device = pipe._execution_device
-
-        def pixels_of(samples) -> torch.Tensor:
-            arrays = []
-            for sample in samples:
-                image = sample.image if sample.image.mode == "RGB" else sample.image.convert("RGB")
-                if image.size != (width, height):
-                    image = _center_resize(image, width, height)
-                arrays.append(np.asarray(image))
-            return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).to(device, vae.dtype) / 127.5 - 1.0
-
-        if isinstance(vae, DCTVAE):
-            # tiny models: DermaFlux tiny's fixed DCT, standardised on the train pool first
-            with torch.inference_mode():
-                x = pixels_of(train)
-                vae.fit_normalization(x)
-                raw = vae.encode(x).latent_dist.mode().float().cpu()
-            del x
-        else:
-            upcast = vae.dtype == torch.float16 and vae.config.get("force_upcast", False)
-            if upcast:  # SDXL's VAE overflows in fp16 (the pipeline upcasts it to decode, too)
-                vae.to(torch.float32)
-            chunk = 8
-            raw = []
-            batches = range(0, len(train), chunk)
-            for start in context.progress.track(batches, f"{self.name}: caching latents", total=len(batches)):
-                with torch.inference_mode():
-                    raw.append(vae.encode(pixels_of(train[start : start + chunk])).latent_dist.mode().float().cpu())
-            raw = torch.cat(raw)
+        upcast = vae.dtype == torch.float16 and vae.config.get("force_upcast", False)
+        if upcast:  # SDXL's VAE overflows in fp16 (the pipeline upcasts it to decode, too)
+            vae.to(torch.float32)
+        try:
+            return super()._latents(pipe, train, height, width, context)
+        finally:
             if upcast:
                 vae.to(torch.float16)
-        shift = getattr(vae.config, "shift_factor", None) or 0.0
-        latents = (raw - shift) * vae.config.scaling_factor
-        storage = torch.float32 if self.is_tiny else torch.bfloat16
-        captions = [s.caption or f"This photo depicts a {dermabench.LABEL_NAMES[s.label]} lesion." for s in train]
-        embeds = self._encode_prompts(captions)
+
+    def _conditioning(self, captions: list[str], storage, opts) -> tuple[dict, dict]:
+        """CLIP embeddings of the captions (SDXL: + pooled), and the unconditional ones (caption dropout)."""
+        import torch
+
+        embeds = self._encode_prompts(captions, opts)
         conditioning = {"prompt_embeds": torch.stack([embeds[c][0] for c in captions]).to("cpu", storage)}
-        null_pe, null_pooled = self._null_embeddings()
+        null_pe, null_pooled = self._null_embeddings(opts)
         null = {"prompt_embeds": null_pe[None].cpu()}
         if self.xl:
             conditioning["pooled"] = torch.stack([embeds[c][1] for c in captions]).to("cpu", storage)
             null["pooled"] = null_pooled[None].cpu()
-        augment = vae.augment if isinstance(vae, DCTVAE) else None  # conv VAE latents flip with the image
-        return TrainingSet(latents.to(storage), conditioning, null, augment)
-
-    def _save_trained(self, final: Path, opts, result, seconds: float) -> None:
-        from accelerate import PartialState
-
-        state = PartialState()
-        if not state.is_main_process:  # under `accelerate launch`: one process writes, the others wait
-            state.wait_for_everyone()
-            return
-        tmp = final.parent / (final.name + ".tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        pipe = self.pipe
-        if opts["train"] == "lora":
-            from dermabench_plugins.flux_tiny import DCTVAE
-            from peft.utils import get_peft_model_state_dict
-
-            layers = get_peft_model_state_dict(pipe.unet)
-            # the adapter's peft config travels in the file's metadata (rank, alpha, targets)
-            metadata = pipe.unet.peft_config["default"].to_dict()
-            self._pipeline_class.save_lora_weights(tmp, unet_lora_layers=layers, weight_name=LORA_FILE,
-                                                   unet_lora_adapter_metadata=metadata)
-            if isinstance(pipe.vae, DCTVAE):  # tiny: the VAE's train-pool standardisation goes beside the LoRA
-                from safetensors.torch import save_file
-
-                save_file({k: v.contiguous() for k, v in pipe.vae.state_dict().items()}, str(tmp / "vae.safetensors"))
-        else:
-            with _quiet():
-                pipe.save_pretrained(tmp, safe_serialization=True)
-        info = {
-            "train": opts["train"],
-            "steps": result.step,
-            "seconds": round(seconds, 2),
-            "first_loss": result.losses[0] if result.losses else None,
-            "final_loss": float(np.mean(result.losses[-20:])) if result.losses else None,
-            "resumed_from": result.resumed_from,
-        }
-        (tmp / "done.json").write_text(json.dumps(info, indent=1))
-        shutil.rmtree(final, ignore_errors=True)
-        os.replace(tmp, final)
-        state.wait_for_everyone()
-
-    def _load_trained(self, final: Path, opts, context) -> None:
-        """Switch the pipeline to the saved trained weights (the same code path for fresh and cached fits)."""
-        if opts["train"] == "lora":
-            pipe = self.load(context)
-            if "default" in getattr(pipe.unet, "peft_config", {}):
-                pipe.unet.delete_adapters("default")
-            self._apply_lora(final / LORA_FILE)
-        else:
-            device, dtype = self._device_dtype(context)
-            pipe = self._from_pretrained(final, dtype)
-            pipe.to(device)
-            self._setup(pipe)
+        return conditioning, null
 
 
 class StableDiffusionXLGenerator(StableDiffusionGenerator):
@@ -769,52 +401,6 @@ class UNetDenoiser:
 
     def no_decay(self, name, param):
         return param.ndim < 2 or "norm" in name
-
-
-# ---------------------------------------------------------------------- helpers
-
-_HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
-
-
-def _modules(pipe) -> list:
-    return [m for m in (pipe.unet, pipe.vae, pipe.text_encoder, getattr(pipe, "text_encoder_2", None)) if m is not None]
-
-
-def _snap(size: int, pipe) -> int:
-    """Round a side to what the UNet can make: a multiple of the VAE's downscale × the UNet's downsampling."""
-    step = int(pipe.vae_scale_factor) * 2 ** (len(pipe.unet.config.block_out_channels) - 1)
-    return max(step, round(size / step) * step)
-
-
-def _lora_targets(unet, layers: str) -> list[str]:
-    import torch
-
-    suffixes = LORA_LAYERS[layers]
-    names = []
-    for name, module in unet.named_modules():
-        if not isinstance(module, (torch.nn.Linear, torch.nn.Conv2d)):
-            continue
-        if ".attentions." not in f".{name}":
-            continue
-        if any(name.endswith("." + s) for s in suffixes):
-            names.append(name)
-    return names
-
-
-def _add_lora(unet, opts) -> None:
-    import torch
-    from diffusers.training_utils import cast_training_params
-    from peft import LoraConfig
-
-    unet.requires_grad_(False)
-    config = LoraConfig(
-        r=opts["rank"],
-        lora_alpha=opts["alpha"],
-        init_lora_weights="gaussian",
-        target_modules=_lora_targets(unet, opts["lora_layers"]),
-    )
-    unet.add_adapter(config)
-    cast_training_params(unet, torch.float32)  # LoRA weights train in fp32 on a bf16/fp16 base
 
 
 @dermabench.hookimpl

@@ -16,6 +16,7 @@ from dermabench_plugins.image_classifier import BatchIndices, Option, TorchImage
 SIZE = 32
 #: tiny, fast settings: 4 nominal epochs × 8 steps of 32 images
 FAST = dict(epochs=4, epoch_size=256, batch_size=32, width=8)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def toy(n, seed, size=SIZE, malignant_share=0.3):
@@ -35,15 +36,6 @@ def toy(n, seed, size=SIZE, malignant_share=0.3):
         image = Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8))
         samples.append(dermabench.Sample(image, label, meta={"lesion_id": f"{seed}-{i}"}))
     return samples
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models gain nothing from a second thread, and one thread keeps timings steady on a busy CI box."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

@@ -2,80 +2,31 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
 from dermabench_plugins import dermaflux
-from dermabench_plugins.dermaflux import LORA_FILE, DermaFluxGenerator, FluxDenoiser
+from dermabench_plugins.dermaflux import DermaFluxGenerator, FluxDenoiser
 from dermabench_plugins.diffusion_training import (
     DDPMObjective,
     RectifiedFlow,
     TimestepSampler,
     TrainConfig,
     TrainingSet,
-    latest_checkpoint,
     train,
 )
 from dermabench_plugins.flux_tiny import PRESETS, build_tiny_flux, word_tokenizer
-from PIL import Image
+from dermabench_plugins.model_files import LORA_FILE
+from trained_generators import MICRO, SIZE, arrays, ctx, eval_loss, lesion, lesion_pool, prompts
 
-import dermabench
-from dermabench.errors import DermabenchError, PluginError
+from dermabench.errors import DermabenchError
 
-SIZE = 32
-#: the `micro` preset trains a LoRA / full model in well under a second per few steps
-MICRO = {"model": "micro", "steps": "3", "batch_size": "8", "checkpoint_every": "0"}
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """The micro models are overhead-bound: one thread is as fast on an idle CPU and far faster on a shared one
-    (two OpenMP threads spin-waiting for each other on a busy 2-core machine run ~10x slower)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def ctx(tmp_path: Path, **kw) -> dermabench.RunContext:
-    return dermabench.RunContext(seed=0, image_size=SIZE, work_dir=tmp_path, profile="smoke", **kw)
-
-
-def lesion(label: int, i: int) -> Image.Image:
-    """A skin-coloured square with a dark disc; malignant discs are bigger and bluer."""
-    yy, xx = np.mgrid[:SIZE, :SIZE]
-    r = 6 + 5 * label + (i % 3)
-    disc = (yy - SIZE / 2 - i % 4) ** 2 + (xx - SIZE / 2) ** 2 < r * r
-    img = np.empty((SIZE, SIZE, 3), np.uint8)
-    img[:] = (220, 180, 160)
-    img[disc] = (90, 60, 40) if label == 0 else (60, 50, 90)
-    return Image.fromarray(img)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
 def pool():
-    return [
-        dermabench.Sample(
-            lesion(label, i),
-            label,
-            caption=f"This photo depicts a {dermabench.LABEL_NAMES[label]} lesion. diameter about {4 + i} mm.",
-        )
-        for i in range(6)
-        for label in (0, 1)
-    ]
-
-
-def prompts(n=4, seed0=1000):
-    return [
-        dermabench.Prompt(f"This photo depicts a {dermabench.LABEL_NAMES[i % 2]} lesion.", i % 2, seed0 + i)
-        for i in range(n)
-    ]
-
-
-def arrays(images):
-    return np.stack([np.asarray(im) for im in images]).astype(int)
+    return lesion_pool()
 
 
 # --------------------------------------------------------------------------- plugin basics
@@ -94,16 +45,6 @@ def test_registered_and_options_validated():
     assert gen.train_mode == "full"  # tiny models train from scratch by default
 
 
-def test_one_rgb_image_per_prompt_of_the_run_size(tmp_path):
-    gen = DermaFluxGenerator(train="none", **MICRO)
-    out = gen.generate(prompts(5), ctx(tmp_path))
-    assert len(out) == 5
-    assert all(isinstance(im, Image.Image) and im.mode == "RGB" and im.size == (SIZE, SIZE) for im in out)
-    assert gen.generate([], ctx(tmp_path)) == []
-    wide = DermaFluxGenerator(train="none", height="16", width="24", **MICRO).generate(prompts(1), ctx(tmp_path))
-    assert wide[0].size == (24, 16)
-
-
 def test_generation_is_deterministic_per_seed_and_batch_independent(tmp_path):
     ps = prompts(6)
     a = arrays(DermaFluxGenerator(train="none", **{**MICRO, "batch_size": "6"}).generate(ps, ctx(tmp_path)))
@@ -113,11 +54,6 @@ def test_generation_is_deterministic_per_seed_and_batch_independent(tmp_path):
     assert np.mean(a != b) < 0.01
     other = arrays(DermaFluxGenerator(train="none", **MICRO).generate(prompts(6, seed0=5), ctx(tmp_path)))
     assert np.abs(a - other).mean() > 5  # another seed, another image
-
-
-def test_generate_before_fit_is_an_error_when_training_is_expected(tmp_path):
-    with pytest.raises(PluginError, match="before fit"):
-        DermaFluxGenerator(**MICRO).generate(prompts(1), ctx(tmp_path))
 
 
 # --------------------------------------------------------------------------- loading full-size models
@@ -134,11 +70,6 @@ def test_missing_offline_model_fails_fast_with_a_clear_error(tmp_path, monkeypat
     (tmp_path / "not-flux").mkdir()
     with pytest.raises(DermabenchError, match="no model_index.json"):
         DermaFluxGenerator(model=str(tmp_path / "not-flux"))
-    with pytest.raises(DermabenchError, match="LoRA file not found"):
-        DermaFluxGenerator(lora=str(tmp_path / "missing.safetensors"))
-    (tmp_path / "lora.bin").write_bytes(b"x")
-    with pytest.raises(DermabenchError, match="only as .safetensors"):
-        DermaFluxGenerator(lora=str(tmp_path / "lora.bin"))
 
 
 def test_a_saved_tiny_pipeline_loads_as_a_flux_folder(tmp_path):
@@ -250,17 +181,6 @@ def micro_training_set(pipe, n=4):
     return TrainingSet(latents * 2, {"prompt_embeds": pe, "pooled": pooled})
 
 
-def eval_loss(denoiser, data, objective, seed=123):
-    g = torch.Generator().manual_seed(seed)
-    x0 = data.latents
-    t = torch.linspace(0.1, 0.9, len(x0))
-    noise = torch.randn(x0.shape, generator=g)
-    with torch.no_grad():
-        pred = denoiser.predict(denoiser.module, objective.noisy_input(x0, noise, t), objective.model_time(t),
-                                data.conditioning)
-    return float(((pred - objective.target(x0, noise, t)) ** 2).mean())
-
-
 def test_flow_matching_fit_lowers_the_loss_on_a_fixed_batch():
     pipe = build_tiny_flux(PRESETS["micro"], seed=0)
     data = micro_training_set(pipe)
@@ -291,32 +211,6 @@ def test_objectives():
     assert ddpm.model_time(torch.tensor([0.0, 0.9999])).tolist() == [0, 999]
     xt = ddpm.noisy_input(x0, noise, torch.tensor([0.0, 0.0]))
     assert torch.allclose(xt, x0, atol=0.05)
-
-
-def test_resume_from_a_checkpoint_continues_at_the_saved_step(tmp_path, pool):
-    opts = {"train_steps": "6", "train_batch_size": "4", "checkpoint_every": "2", "model": "micro", "steps": "3"}
-    killed = DermaFluxGenerator(**opts)
-    killed.stop_after = 3  # "killed" after step 3: checkpoints at 2 and 3 (the stop), no final weights
-    killed.fit(pool, ctx(tmp_path / "a"))
-    assert killed.last_fit == {"step": 3, "finished": False, "resumed_from": None}
-    ckpt_dir = next((tmp_path / "a" / "fits").glob("*/checkpoints"))
-    step, path = latest_checkpoint(ckpt_dir)
-    assert step == 3 and (path / "optimizer.safetensors").is_file() and (path / "trainable.safetensors").is_file()
-    with pytest.raises(PluginError, match="before fit"):
-        killed.generate(prompts(1), ctx(tmp_path / "a"))
-
-    resumed = DermaFluxGenerator(**opts)
-    resumed.fit(pool, ctx(tmp_path / "a"))
-    assert resumed.last_fit["resumed_from"] == 3 and resumed.last_fit["steps"] == 6
-    assert not ckpt_dir.exists()  # cleaned up once the final weights are saved
-
-    straight = DermaFluxGenerator(**opts)
-    straight.fit(pool, ctx(tmp_path / "b"))
-    assert straight.last_fit["resumed_from"] is None
-    ps = prompts(3)
-    a = arrays(resumed.generate(ps, ctx(tmp_path / "a")))
-    b = arrays(straight.generate(ps, ctx(tmp_path / "b")))
-    assert np.abs(a - b).max() <= 1  # the same run, interrupted or not
 
 
 def test_full_fit_is_cached_by_train_pool_and_options(tmp_path, pool):
@@ -374,11 +268,15 @@ def test_dev_style_guidance_embedding_is_fed_in_training_and_sampling():
 def test_dct_latents_reconstruct_and_flip_as_images():
     from dermabench_plugins.flux_tiny import DCTVAE
 
+    # seeded: torch seeds its global generator at random per process, and the low-frequency check below
+    # fails for about one random draw in five
+    g = torch.Generator().manual_seed(0)
     vae = DCTVAE(downscale=4, luma_coefficients=64, chroma_coefficients=64)  # every frequency: lossless
-    x = torch.rand(8, 3, 16, 16) * 2 - 1
+    x = torch.rand(8, 3, 16, 16, generator=g) * 2 - 1
     assert torch.allclose(vae.decode(vae.encode(x).latent_dist.mode()).sample, x, atol=1e-5)
     vae = DCTVAE()  # the tiny model's 32 + 8 + 8 of 64 frequencies
-    smooth = torch.nn.functional.interpolate(torch.rand(8, 3, 4, 4) * 1.6 - 0.8, size=16, mode="bilinear")
+    coarse = torch.rand(8, 3, 4, 4, generator=g) * 1.6 - 0.8
+    smooth = torch.nn.functional.interpolate(coarse, size=16, mode="bilinear")
     vae.fit_normalization(smooth)
     z = vae.encode(smooth).latent_dist.mode()
     assert z.shape == (8, 12, 4, 4) and abs(float(z.mean())) < 0.05 and abs(float(z.std()) - 1) < 0.1

@@ -2,78 +2,27 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
 from dermabench_plugins import stable_diffusion
-from dermabench_plugins.dermaflux import TINY_TRAIN_DEFAULTS, DermaFluxGenerator
-from dermabench_plugins.diffusion_training import DDPMObjective, TrainConfig, TrainingSet, latest_checkpoint, train
+from dermabench_plugins.dermaflux import DermaFluxGenerator
+from dermabench_plugins.diffusion_training import DDPMObjective, TrainConfig, TrainingSet, train
+from dermabench_plugins.model_files import LORA_FILE
 from dermabench_plugins.sd_tiny import PRESETS, BlockDCTVAE, build_tiny_sd
-from dermabench_plugins.stable_diffusion import (
-    LORA_FILE,
-    StableDiffusionGenerator,
-    StableDiffusionXLGenerator,
-    UNetDenoiser,
-)
-from PIL import Image
+from dermabench_plugins.stable_diffusion import StableDiffusionGenerator, StableDiffusionXLGenerator, UNetDenoiser
+from dermabench_plugins.trained_generator import TINY_TRAIN_DEFAULTS
+from trained_generators import MICRO, SIZE, arrays, ctx, eval_loss, lesion, lesion_pool, prompts
 
-import dermabench
-from dermabench.errors import DermabenchError, PluginError
+from dermabench.errors import DermabenchError
 
-SIZE = 32
-#: the `micro` preset trains in well under a second per few steps
-MICRO = {"model": "micro", "steps": "3", "batch_size": "8", "checkpoint_every": "0"}
 BOTH = pytest.mark.parametrize("cls", [StableDiffusionGenerator, StableDiffusionXLGenerator], ids=["sd15", "sdxl"])
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Micro models are overhead-bound: one thread is as fast on an idle CPU and far faster on a shared one."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def ctx(tmp_path: Path, profile: str = "smoke", **kw) -> dermabench.RunContext:
-    return dermabench.RunContext(seed=0, image_size=SIZE, work_dir=tmp_path, profile=profile, **kw)
-
-
-def lesion(label: int, i: int) -> Image.Image:
-    """A skin-coloured square with a dark disc; malignant discs are bigger and bluer."""
-    yy, xx = np.mgrid[:SIZE, :SIZE]
-    r = 6 + 5 * label + (i % 3)
-    disc = (yy - SIZE / 2 - i % 4) ** 2 + (xx - SIZE / 2) ** 2 < r * r
-    img = np.empty((SIZE, SIZE, 3), np.uint8)
-    img[:] = (220, 180, 160)
-    img[disc] = (90, 60, 40) if label == 0 else (60, 50, 90)
-    return Image.fromarray(img)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
 def pool():
-    return [
-        dermabench.Sample(
-            lesion(label, i),
-            label,
-            caption=f"This photo depicts a {dermabench.LABEL_NAMES[label]} lesion. diameter about {4 + i} mm.",
-        )
-        for i in range(6)
-        for label in (0, 1)
-    ]
-
-
-def prompts(n=4, seed0=1000):
-    return [
-        dermabench.Prompt(f"This photo depicts a {dermabench.LABEL_NAMES[i % 2]} lesion.", i % 2, seed0 + i)
-        for i in range(n)
-    ]
-
-
-def arrays(images):
-    return np.stack([np.asarray(im) for im in images]).astype(int)
+    return lesion_pool()
 
 
 # --------------------------------------------------------------------------- plugin basics
@@ -128,17 +77,6 @@ def test_tiny_parameter_count_matches_dermaflux_tiny_within_25_percent():
         assert 0.75 <= unet / flux <= 1.25, (xl, unet, flux)
 
 
-@BOTH
-def test_one_rgb_image_per_prompt_of_the_run_size(tmp_path, cls):
-    gen = cls(train="none", **MICRO)
-    out = gen.generate(prompts(5), ctx(tmp_path))
-    assert len(out) == 5
-    assert all(isinstance(im, Image.Image) and im.mode == "RGB" and im.size == (SIZE, SIZE) for im in out)
-    assert gen.generate([], ctx(tmp_path)) == []
-    wide = cls(train="none", height="16", width="24", **MICRO).generate(prompts(1), ctx(tmp_path))
-    assert wide[0].size == (24, 16)
-
-
 @pytest.mark.parametrize("sampler", ["dpmsolver++", "ddim", "ddpm"])
 def test_generation_is_deterministic_per_seed_and_batch_independent(tmp_path, sampler):
     ps = prompts(6)
@@ -168,11 +106,6 @@ def test_samplers_share_the_model_noise_schedule(tmp_path):
     assert gen._sampler({"sampler": "dpmsolver++"}).config.algorithm_type == "dpmsolver++"
 
 
-def test_generate_before_fit_is_an_error_when_training_is_expected(tmp_path):
-    with pytest.raises(PluginError, match="before fit"):
-        StableDiffusionGenerator(**MICRO).generate(prompts(1), ctx(tmp_path))
-
-
 # --------------------------------------------------------------------------- loading full-size models
 
 
@@ -195,11 +128,6 @@ def test_missing_offline_model_fails_fast_with_a_clear_error(tmp_path, monkeypat
     (tmp_path / "half-sd" / "unet").mkdir()
     with pytest.raises(DermabenchError, match="lacks vae, text_encoder, tokenizer, scheduler"):
         StableDiffusionGenerator(model=str(tmp_path / "half-sd"), train="none").generate(prompts(1), ctx(tmp_path))
-    with pytest.raises(DermabenchError, match="LoRA file not found"):
-        StableDiffusionGenerator(lora=str(tmp_path / "missing.safetensors"))
-    (tmp_path / "lora.bin").write_bytes(b"x")
-    with pytest.raises(DermabenchError, match="only as .safetensors"):
-        StableDiffusionGenerator(lora=str(tmp_path / "lora.bin"))
 
 
 @BOTH
@@ -302,17 +230,6 @@ def micro_training_set(pipe, n=4):
     return TrainingSet(latents, {"prompt_embeds": pe})
 
 
-def eval_loss(denoiser, data, objective, seed=123):
-    g = torch.Generator().manual_seed(seed)
-    x0 = data.latents
-    t = torch.linspace(0.1, 0.9, len(x0))
-    noise = torch.randn(x0.shape, generator=g)
-    with torch.no_grad():
-        pred = denoiser.predict(denoiser.module, objective.noisy_input(x0, noise, t), objective.model_time(t),
-                                data.conditioning)
-    return float(((pred - objective.target(x0, noise, t)) ** 2).mean())
-
-
 @pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction"])
 def test_ddpm_fit_lowers_the_loss_on_a_fixed_batch(prediction_type):
     from dermabench_plugins.sd_tiny import spec_from
@@ -355,33 +272,6 @@ def test_ddpm_objective_from_scheduler_and_min_snr_weights():
     assert eps5.describe()["snr_gamma"] == 5.0 != eps.describe()["snr_gamma"]  # resume checks it
     with pytest.raises(ValueError, match="prediction_type"):
         DDPMObjective.from_scheduler({**config, "prediction_type": "sample"})
-
-
-def test_resume_from_a_checkpoint_continues_at_the_saved_step(tmp_path, pool):
-    opts = {"train_steps": "6", "train_batch_size": "4", "checkpoint_every": "2", "model": "micro", "steps": "3",
-            "snr_gamma": "5"}
-    killed = StableDiffusionGenerator(**opts)
-    killed.stop_after = 3  # "killed" after step 3: checkpoints at 2 and 3 (the stop), no final weights
-    killed.fit(pool, ctx(tmp_path / "a"))
-    assert killed.last_fit == {"step": 3, "finished": False, "resumed_from": None}
-    ckpt_dir = next((tmp_path / "a" / "fits").glob("*/checkpoints"))
-    step, path = latest_checkpoint(ckpt_dir)
-    assert step == 3 and (path / "optimizer.safetensors").is_file() and (path / "trainable.safetensors").is_file()
-    with pytest.raises(PluginError, match="before fit"):
-        killed.generate(prompts(1), ctx(tmp_path / "a"))
-
-    resumed = StableDiffusionGenerator(**opts)
-    resumed.fit(pool, ctx(tmp_path / "a"))
-    assert resumed.last_fit["resumed_from"] == 3 and resumed.last_fit["steps"] == 6
-    assert not ckpt_dir.exists()  # cleaned up once the final weights are saved
-
-    straight = StableDiffusionGenerator(**opts)
-    straight.fit(pool, ctx(tmp_path / "b"))
-    assert straight.last_fit["resumed_from"] is None
-    ps = prompts(3)
-    a = arrays(resumed.generate(ps, ctx(tmp_path / "a")))
-    b = arrays(straight.generate(ps, ctx(tmp_path / "b")))
-    assert np.abs(a - b).max() <= 1  # the same run, interrupted or not
 
 
 def test_full_fit_is_cached_and_saved_as_an_sd_folder(tmp_path, pool):

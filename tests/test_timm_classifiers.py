@@ -30,6 +30,7 @@ SIZE = 32
 #: a handful of optimisation steps: enough to exercise the loop, not to learn
 TINY = dict(steps=4, epoch_size=32, batch_size=16, eval_batch_size=64)
 VIT = "vit_tiny_patch16_224"
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def toy(n, seed, size=SIZE):
@@ -44,15 +45,6 @@ def toy(n, seed, size=SIZE):
         pixels = np.where(mask, 70 if label else 130, 200) + rng.normal(0, 15, (size, size, 3))
         out.append(dermabench.Sample(Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8)), int(label)))
     return out
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models gain nothing from a second thread, and one thread stays fast on a busy CI box."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

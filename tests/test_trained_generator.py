@@ -1,0 +1,80 @@
+"""What every trained generator does alike (`trained_generator.TrainedGenerator`), for dermaflux, sd15 and sdxl
+on their micro models: images per prompt, fit before generate, LoRA files, resuming a killed fit. What each
+does its own way is in test_dermaflux.py and test_stable_diffusion.py."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from dermabench_plugins.dermaflux import DermaFluxGenerator
+from dermabench_plugins.diffusion_training import latest_checkpoint
+from dermabench_plugins.stable_diffusion import StableDiffusionGenerator, StableDiffusionXLGenerator
+from PIL import Image
+from trained_generators import MICRO, SIZE, arrays, ctx, lesion_pool, prompts
+
+from dermabench.errors import DermabenchError, PluginError
+
+EVERY = pytest.mark.parametrize(
+    "cls", [DermaFluxGenerator, StableDiffusionGenerator, StableDiffusionXLGenerator], ids=["dermaflux", "sd15", "sdxl"]
+)
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+@pytest.fixture(scope="module")
+def pool():
+    return lesion_pool()
+
+
+@EVERY
+def test_one_rgb_image_per_prompt_of_the_run_size(tmp_path, cls):
+    gen = cls(train="none", **MICRO)
+    out = gen.generate(prompts(5), ctx(tmp_path))
+    assert len(out) == 5
+    assert all(isinstance(im, Image.Image) and im.mode == "RGB" and im.size == (SIZE, SIZE) for im in out)
+    assert gen.generate([], ctx(tmp_path)) == []
+    wide = cls(train="none", height="16", width="24", **MICRO).generate(prompts(1), ctx(tmp_path))
+    assert wide[0].size == (24, 16)
+
+
+@EVERY
+def test_generate_before_fit_is_an_error_when_training_is_expected(tmp_path, cls):
+    with pytest.raises(PluginError, match="before fit"):
+        cls(**MICRO).generate(prompts(1), ctx(tmp_path))
+
+
+@EVERY
+def test_a_missing_or_pickled_lora_file_fails_fast(tmp_path, cls):
+    with pytest.raises(DermabenchError, match="LoRA file not found"):
+        cls(lora=str(tmp_path / "missing.safetensors"))
+    (tmp_path / "lora.bin").write_bytes(b"x")
+    with pytest.raises(DermabenchError, match="only as .safetensors"):
+        cls(lora=str(tmp_path / "lora.bin"))
+
+
+@pytest.mark.parametrize("cls, extra", [(DermaFluxGenerator, {}), (StableDiffusionGenerator, {"snr_gamma": "5"})],
+                         ids=["dermaflux", "sd15"])
+def test_resume_from_a_checkpoint_continues_at_the_saved_step(tmp_path, pool, cls, extra):
+    opts = {"train_steps": "6", "train_batch_size": "4", "checkpoint_every": "2", "model": "micro", "steps": "3",
+            **extra}
+    killed = cls(**opts)
+    killed.stop_after = 3  # "killed" after step 3: checkpoints at 2 and 3 (the stop), no final weights
+    killed.fit(pool, ctx(tmp_path / "a"))
+    assert killed.last_fit == {"step": 3, "finished": False, "resumed_from": None}
+    ckpt_dir = next((tmp_path / "a" / "fits").glob("*/checkpoints"))
+    step, path = latest_checkpoint(ckpt_dir)
+    assert step == 3 and (path / "optimizer.safetensors").is_file() and (path / "trainable.safetensors").is_file()
+    with pytest.raises(PluginError, match="before fit"):
+        killed.generate(prompts(1), ctx(tmp_path / "a"))
+
+    resumed = cls(**opts)
+    resumed.fit(pool, ctx(tmp_path / "a"))
+    assert resumed.last_fit["resumed_from"] == 3 and resumed.last_fit["steps"] == 6
+    assert not ckpt_dir.exists()  # cleaned up once the final weights are saved
+
+    straight = cls(**opts)
+    straight.fit(pool, ctx(tmp_path / "b"))
+    assert straight.last_fit["resumed_from"] is None
+    ps = prompts(3)
+    a = arrays(resumed.generate(ps, ctx(tmp_path / "a")))
+    b = arrays(straight.generate(ps, ctx(tmp_path / "b")))
+    assert np.abs(a - b).max() <= 1  # the same run, interrupted or not
