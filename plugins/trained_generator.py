@@ -129,15 +129,21 @@ def center_resize(image: Image.Image, width: int, height: int) -> Image.Image:
     return image.crop((left, top, left + width, top + height))
 
 
-def add_lora(module, opts: dict[str, Any], targets: list[str]) -> None:
-    """Freeze `module` and give it a trainable peft LoRA (``rank``, ``alpha``) on the `targets` layers."""
+def add_lora(module, opts: dict[str, Any], targets: list[str], seed: int) -> None:
+    """Freeze `module` and give it a trainable peft LoRA (``rank``, ``alpha``) on the `targets` layers.
+
+    peft draws the initial LoRA weights from torch's global RNG, which this torch seeds at random in
+    every process: without `seed` two runs of the same fit (same key) would train different LoRAs.
+    """
     import torch
     from diffusers.training_utils import cast_training_params
     from peft import LoraConfig
 
     module.requires_grad_(False)
     config = LoraConfig(r=opts["rank"], lora_alpha=opts["alpha"], init_lora_weights="gaussian", target_modules=targets)
-    module.add_adapter(config)
+    with torch.random.fork_rng(devices=[]):  # the host's RNG stream is left as it was
+        torch.manual_seed(seed)
+        module.add_adapter(config)
     cast_training_params(module, torch.float32)  # LoRA weights train in fp32 on a bf16/fp16 base
 
 
@@ -458,7 +464,8 @@ class TrainedGenerator(dermabench.Generator):
         data = self._training_set(pipe, train, opts, height, width, context)
         trained = getattr(pipe, self.trained_component)
         if opts["train"] == "lora":
-            add_lora(trained, opts, self._lora_targets(trained, opts["lora_layers"]))
+            add_lora(trained, opts, self._lora_targets(trained, opts["lora_layers"]),
+                     seed=derive_seed(context.seed, f"{self.name}-lora-init"))
         else:
             trained.requires_grad_(True)
             if trained.dtype != torch.float32:

@@ -78,3 +78,31 @@ def test_resume_from_a_checkpoint_continues_at_the_saved_step(tmp_path, pool, cl
     a = arrays(resumed.generate(ps, ctx(tmp_path / "a")))
     b = arrays(straight.generate(ps, ctx(tmp_path / "b")))
     assert np.abs(a - b).max() <= 1  # the same run, interrupted or not
+
+
+def test_lora_initialisation_depends_on_the_seed_not_on_the_global_rng():
+    """peft initialises LoRA weights from torch's global RNG; two fits of one key must start alike."""
+    import torch
+    from dermabench_plugins.trained_generator import add_lora
+
+    def lora_weights(global_seed: int, seed: int) -> dict:
+        torch.manual_seed(global_seed)  # another state of the host's stream, as in another process
+        module = torch.nn.Sequential(torch.nn.Linear(8, 8))
+        module.load_state_dict({"0.weight": torch.ones(8, 8), "0.bias": torch.zeros(8)})
+        from diffusers.loaders import PeftAdapterMixin
+        from diffusers.models.modeling_utils import ModelMixin
+
+        class Tiny(ModelMixin, PeftAdapterMixin):
+            def __init__(self):
+                super().__init__()
+                self.proj = module[0]
+
+        tiny = Tiny()
+        before = torch.get_rng_state()
+        add_lora(tiny, {"rank": 2, "alpha": 2.0}, ["proj"], seed=seed)
+        assert torch.equal(before, torch.get_rng_state())  # the host's stream is left as it was
+        return {k: v.clone() for k, v in tiny.state_dict().items() if "lora" in k}
+
+    a, b, c = lora_weights(1, seed=7), lora_weights(2, seed=7), lora_weights(1, seed=8)
+    assert a and all(torch.equal(a[k], b[k]) for k in a)
+    assert any(not torch.equal(a[k], c[k]) for k in a)
