@@ -825,7 +825,7 @@ CLI = [
     Row("bad-classifier-option-before-any-work", cli_option_before_work("classifier", "epochs=zero"),
         r"^error: classifier 'cnn': option 'epochs' must be an integer ≥ 1, got 'zero'"),
     Row("bad-generator-option-before-any-work", cli_option_before_work("generator", "strenght=2"),
-        r"^error: generator 'augment': unknown option 'strenght'"),
+        r"^error: generator 'dermaflux': unknown option 'strenght'"),
     Row("csv-missing-columns", cli_ham_missing_columns,
         r"^error: dataset 'ham10000': .*/meta\.csv needs columns image_id and dx; found image_id, diagnosis$"),
     Row("manifest-path-escape", cli_manifest_escape,

@@ -47,7 +47,7 @@ def test_result_matches_the_contract(smoke_run):
     assert set(fidelity["per_class"]) == {"benign", "malignant"}
     assert 0.0 <= result["memorization"]["near_copy_rate"] <= 1.0
     assert set(result["timings_s"]) >= {"fit_generator", "generate", "fidelity", "classify", "total"}
-    assert result["plugins"]["generator"] == {"name": "augment", "plugin": "augment", "version": dermabench.__version__}
+    assert result["plugins"]["generator"] == {"name": "dermaflux", "plugin": "dermaflux", "version": dermabench.__version__}
     # phantom metadata has every subgroup attribute; each subgroup's n adds up to the test set
     assert set(result["subgroups"]) == {"site", "sex", "age_band", "fitzpatrick"}
     for attribute in result["subgroups"].values():
