@@ -62,21 +62,9 @@ def empty_hub(tmp_path, monkeypatch):
 @pytest.fixture(scope="module")
 def inception_weights(tmp_path_factory):
     """torch-fidelity's FeatureExtractorInceptionV3 built without weights, random BN statistics, saved as a .pth."""
-    from torch_fidelity import feature_extractor_inceptionv3 as tfi
+    from benchmarks.fid_overhead import random_inception_weights
 
-    torch.manual_seed(0)
-    with (
-        mock.patch.object(tfi, "load_state_dict_from_url", lambda *a, **k: None),
-        mock.patch.object(tfi.FeatureExtractorInceptionV3, "load_state_dict", lambda self, sd: None),
-    ):
-        model = tfi.FeatureExtractorInceptionV3("inception-v3-compat", ["2048"])
-    for module in model.modules():  # PyTorch's default init fades the signal to ~1e-8 over 90 layers
-        if isinstance(module, torch.nn.Conv2d):
-            torch.nn.init.kaiming_normal_(module.weight, nonlinearity="relu")
-    state = model.state_dict()
-    path = tmp_path_factory.mktemp("inception") / inception.WEIGHTS_FILE
-    torch.save(state, path)
-    return path
+    return random_inception_weights(tmp_path_factory.mktemp("inception") / inception.WEIGHTS_FILE)
 
 
 def test_inception_matches_torch_fidelity_on_the_same_weights(inception_weights):
