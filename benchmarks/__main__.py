@@ -17,6 +17,7 @@ import datetime
 import os
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -28,20 +29,19 @@ from dermabench.results import write_bytes_atomic, write_json_atomic  # noqa: E4
 GROUPS = ("overhead", "end-to-end", "scaling", "data-loading")
 
 
-def collect(groups: tuple[str, ...], smoke: bool, repeats: int, log: Path) -> list[Figure]:
-    figures: list[Figure] = []
+def collect(groups: tuple[str, ...], smoke: bool, repeats: int, log: Path) -> Iterator[list[Figure]]:
+    """The figures of each group in turn, so that the caller can save what is done before the next group."""
     if "overhead" in groups:
-        figures += generation_overhead.run(n_images=4 if smoke else 64, repeats=repeats)
-        figures += fid_overhead.run(n_images=8 if smoke else 128, repeats=repeats)
-        figures += classifier_overhead.run(n_train=64 if smoke else 1024, n_val=32 if smoke else 256,
-                                           repeats=repeats, epoch_size=64 if smoke else 512)
+        yield (generation_overhead.run(n_images=4 if smoke else 64, repeats=repeats)
+               + fid_overhead.run(n_images=8 if smoke else 128, repeats=repeats)
+               + classifier_overhead.run(n_train=64 if smoke else 1024, n_val=32 if smoke else 256,
+                                         repeats=repeats, epoch_size=64 if smoke else 512))
     if "end-to-end" in groups and not smoke:
-        figures += end_to_end.first_and_rerun([], "quick", log)
+        yield end_to_end.first_and_rerun([], "quick", log)
     if "scaling" in groups and not smoke:
-        figures += end_to_end.scaling([], (1, 2, 4), log)
+        yield end_to_end.scaling([], (1, 2, 4), log)
     if "data-loading" in groups:
-        figures += data_loading.run(repeats=repeats, n_phantom=24 if smoke else 400, use_ham10000=not smoke)
-    return figures
+        yield data_loading.run(repeats=repeats, n_phantom=24 if smoke else 400, use_ham10000=not smoke)
 
 
 def _number(value: float) -> str:
@@ -86,15 +86,18 @@ def main(argv: list[str] | None = None) -> int:
     log = args.out / "benchmarks.log"
     log.unlink(missing_ok=True)
     start = time.perf_counter()
-    figures = collect(groups, args.smoke, repeats, log)
-    seconds = time.perf_counter() - start
-    command = "python -m benchmarks " + " ".join(sys.argv[1:] if argv is None else argv)
-    write_json_atomic(args.out / "benchmarks.json", {
-        "command": command.strip(), "machine": about, "seconds": seconds, "repeats": repeats,
-        "figures": [f.to_dict() for f in figures],
-    })
-    text = markdown(figures, about, command.strip(), seconds)
-    write_bytes_atomic(args.out / "benchmarks.md", text.encode())
+    command = ("python -m benchmarks " + " ".join(sys.argv[1:] if argv is None else argv)).strip()
+    figures: list[Figure] = []
+    for done in collect(groups, args.smoke, repeats, log):
+        # rewritten after every group: a run stopped half-way keeps the groups it finished
+        figures += done
+        seconds = time.perf_counter() - start
+        write_json_atomic(args.out / "benchmarks.json", {
+            "command": command, "machine": about, "seconds": seconds, "repeats": repeats,
+            "figures": [f.to_dict() for f in figures],
+        })
+        text = markdown(figures, about, command, seconds)
+        write_bytes_atomic(args.out / "benchmarks.md", text.encode())
     print(text)
     return 0
 
