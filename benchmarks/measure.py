@@ -1,10 +1,9 @@
-"""Timing: medians of repeated runs with their range, peak memory, and the machine they ran on."""
+"""Timing: medians of repeated runs with their range, and the machine they ran on."""
 
 from __future__ import annotations
 
 import os
 import platform
-import resource
 import statistics
 import subprocess
 import sys
@@ -75,11 +74,6 @@ def ratio_figure(group: str, name: str, ours: Timing, direct: Timing, limit: flo
     spread = (min(ours.seconds) / max(direct.seconds), max(ours.seconds) / min(direct.seconds))
     detail = {"dermabench": ours.to_dict(), "direct": direct.to_dict(), **detail}
     return Figure(group, name, value, "×", spread, f"≤ {limit:.2f}", value <= limit, detail)
-
-
-def peak_rss_children_gib() -> float:
-    """Peak resident memory of the largest child process waited for so far (Linux reports KiB)."""
-    return resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 2**20
 
 
 def machine() -> dict[str, Any]:
