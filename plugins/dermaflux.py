@@ -230,10 +230,7 @@ class DermaFluxGenerator(TrainedGenerator):
         with quiet():
             pipe = FluxPipeline.from_pretrained(folder, local_files_only=True, dtype=dtype)
         pipe.to(device)
-        pipe.set_progress_bar_config(disable=True)
-        for module in self._modules(pipe):
-            module.eval()
-        self.pipe = pipe
+        self._setup(pipe)
 
     # ------------------------------------------------------------------ what sampling FLUX differs in
 

@@ -106,3 +106,18 @@ def test_lora_initialisation_depends_on_the_seed_not_on_the_global_rng():
     a, b, c = lora_weights(1, seed=7), lora_weights(2, seed=7), lora_weights(1, seed=8)
     assert a and all(torch.equal(a[k], b[k]) for k in a)
     assert any(not torch.equal(a[k], c[k]) for k in a)
+
+
+@pytest.mark.parametrize("cls", [DermaFluxGenerator, StableDiffusionGenerator], ids=["dermaflux", "sd15"])
+def test_a_pipeline_reloaded_from_a_finished_fit_keeps_the_vae_memory_switches(tmp_path, pool, cls, monkeypatch):
+    from dermabench_plugins.flux_tiny import DCTVAE
+
+    opts = {"train_steps": "2", "train_batch_size": "4", "model": "micro", "steps": "2"}
+    cls(**opts).fit(pool, ctx(tmp_path))  # trains and saves the pipeline
+    calls = []
+    monkeypatch.setattr(DCTVAE, "enable_tiling", lambda self, *a, **k: calls.append((self, "tiling")))
+    monkeypatch.setattr(DCTVAE, "enable_slicing", lambda self: calls.append((self, "slicing")))
+    cached = cls(**opts, vae_tiling="true", vae_slicing="true")
+    cached.fit(pool, ctx(tmp_path))  # the same fit key: loads the saved pipeline
+    assert cached.last_fit["reused"] is True
+    assert sorted(switch for vae, switch in calls if vae is cached.pipe.vae) == ["slicing", "tiling"]
