@@ -4,8 +4,9 @@ What a run's `load` step does: the dataset plugin reads its metadata and finds t
 files, every image is decoded, centre-cropped and resized to the run's size, then
 validated (`normalise_samples`). Cold: no cache (the files' bytes are in the OS
 page cache after the first pass, so this measures decoding, not the disk). Cached:
-the same through `ImageCache` after one pass filled it (files are still read and
-hashed, so an edited file is never served stale).
+the same through `ImageCache` after one pass filled it (every file is still
+stat-ed, and hashed again if its size, mtime or ctime changed, so an edited file
+is never served stale).
 
 HAM10000 from `../shared/data/ham10000` (or $DERMABENCH_HAM10000) when present;
 otherwise an image folder of phantom JPEGs written for the purpose.

@@ -6,6 +6,14 @@ file's bytes (BLAKE2b), never its path or mtime, so a renamed or re-downloaded
 file still hits and an edited one misses. Files that failed to decode are cached
 as their rejection reason, so a re-run reports exactly the same rejects.
 
+Hashing every file is a fifth of a cached load, so, as git's index does, the
+digest of a file whose stat signature (size, mtime, ctime, inode) is unchanged
+since it was hashed is taken from `<root>/file-digests.json` instead of being
+recomputed. Any write to a file changes its ctime, which no tool can set back,
+so an edited file is re-hashed even when its size and mtime were restored. A
+file changed less than `settle_seconds` before it was hashed is not recorded:
+an edit in the same clock tick could otherwise keep the old signature.
+
 Layout: `<root>/<size>px/pack-<id>.npy` (an (n, size, size, 3) uint8 array) and
 `pack-<id>.json` (the digests, original modes and rejections of its rows). A run
 appends one pack with whatever it had to decode; the JSON is written last, so a
@@ -16,13 +24,15 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-from dermabench.results import atomic_file, write_json_atomic
+from dermabench.results import atomic_file, write_bytes_atomic, write_json_atomic
 
 
 def file_digest(path: Path) -> str:
@@ -42,9 +52,14 @@ class CachedImage:
 class ImageCache:
     """Normalised RGB images at one size, looked up by file digest."""
 
+    settle_seconds = 2.0  # FAT's mtime is 2 s coarse; everything else is finer
+
     def __init__(self, root: Path, size: int) -> None:
         self.size = size
         self.folder = Path(root) / f"{size}px"
+        self._digests_file = Path(root) / "file-digests.json"
+        self._known: dict[str, list] | None = None  # path -> [size, mtime_ns, ctime_ns, inode, digest]
+        self._known_changed = False
         self._index: dict[str, tuple[Path, int, str, str | None]] | None = None
         self._arrays: dict[Path, np.ndarray] = {}
         self._new: list[tuple[str, np.ndarray | None, str, str | None]] = []
@@ -65,6 +80,25 @@ class ImageCache:
                 for row, (digest, mode, rejected) in enumerate(zip(meta["digests"], meta["modes"], meta["rejected"])):
                     self._index[digest] = (array_file, row, mode, rejected)
         return self._index
+
+    def digest(self, path: Path) -> str:
+        """The file's content digest; hashed again only when its stat signature changed."""
+        if self._known is None:
+            try:
+                self._known = json.loads(self._digests_file.read_text())
+            except (OSError, ValueError):
+                self._known = {}  # none yet, or damaged: every file is hashed
+        key = os.path.abspath(path)
+        info = os.stat(key)
+        signature = [info.st_size, info.st_mtime_ns, info.st_ctime_ns, info.st_ino]
+        known = self._known.get(key)
+        if known is not None and known[:4] == signature:
+            return known[4]
+        digest = file_digest(path)
+        if time.time_ns() - max(info.st_mtime_ns, info.st_ctime_ns) > self.settle_seconds * 1e9:
+            self._known[key] = [*signature, digest]
+            self._known_changed = True
+        return digest
 
     def get(self, digest: str) -> CachedImage | None:
         found = self._load_index().get(digest)
@@ -89,6 +123,10 @@ class ImageCache:
 
     def flush(self) -> Path | None:
         """Write what `put` collected as one new pack; returns its JSON path (None when nothing was new)."""
+        if self._known_changed:
+            self._digests_file.parent.mkdir(parents=True, exist_ok=True)
+            write_bytes_atomic(self._digests_file, json.dumps(self._known, separators=(",", ":")).encode())
+            self._known_changed = False
         if not self._new:
             return None
         self.folder.mkdir(parents=True, exist_ok=True)

@@ -75,7 +75,7 @@ from PIL import Image
 import dermabench
 from dermabench.api import LABEL_NAMES
 from dermabench.errors import DermabenchError
-from dermabench.image_cache import ImageCache, file_digest
+from dermabench.image_cache import ImageCache
 from dermabench.images import to_square_rgb
 from dermabench.options import Option, parse_options
 
@@ -576,7 +576,7 @@ class CheckedDataset(dermabench.Dataset):
         if cache is None or not isinstance(entry.source, Path):
             image = self._decode(entry)
             return image, image.mode
-        digest = file_digest(entry.source)
+        digest = cache.digest(entry.source)
         cached = cache.get(digest)
         if cached is not None:
             if cached.rejected is not None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import time
 from pathlib import Path
 
 import numpy as np
@@ -671,6 +672,57 @@ def test_the_image_cache_is_keyed_by_content_and_size(tmp_path):
     other_size = ImageCache(tmp_path / "cache", 24)
     normalised(root, 24, other_size)
     assert (other_size.hits, other_size.misses) == (0, 11)
+
+
+def test_a_settled_unchanged_file_is_not_hashed_again_and_an_edited_one_is(tmp_path, monkeypatch):
+    from dermabench import image_cache
+
+    root = broken_and_odd_folder(tmp_path / "data")
+    monkeypatch.setattr(ImageCache, "settle_seconds", 0.0)  # the files were written a moment ago
+    normalised(root, 16, ImageCache(tmp_path / "cache", 16))
+    hashed = []
+    real_digest = image_cache.file_digest
+    monkeypatch.setattr(image_cache, "file_digest", lambda path: hashed.append(Path(path).name) or real_digest(path))
+    cache = ImageCache(tmp_path / "cache", 16)
+    normalised(root, 16, cache)
+    assert hashed == [] and (cache.hits, cache.misses) == (11, 0)
+
+    # the same size and mtime, other bytes: the ctime still moves, so it is hashed again and misses
+    time.sleep(0.05)
+    target = root / "images" / "good_mel.jpg"
+    before = target.stat()
+    data = bytearray(target.read_bytes())
+    data[-3] ^= 0xFF  # other bytes, same length
+    target.write_bytes(bytes(data))
+    os.utime(target, ns=(before.st_atime_ns, before.st_mtime_ns))
+    assert target.stat().st_size == before.st_size and target.stat().st_mtime_ns == before.st_mtime_ns
+    cache = ImageCache(tmp_path / "cache", 16)
+    normalised(root, 16, cache)
+    assert hashed == ["good_mel.jpg"] and (cache.hits, cache.misses) == (10, 1)
+
+
+def test_files_changed_just_before_hashing_are_hashed_every_time(tmp_path, monkeypatch):
+    from dermabench import image_cache
+
+    root = broken_and_odd_folder(tmp_path / "data")
+    normalised(root, 16, ImageCache(tmp_path / "cache", 16))  # settle_seconds 2: all 11 files are too new
+    hashed = []
+    real_digest = image_cache.file_digest
+    monkeypatch.setattr(image_cache, "file_digest", lambda path: hashed.append(path) or real_digest(path))
+    cache = ImageCache(tmp_path / "cache", 16)
+    normalised(root, 16, cache)
+    assert len(hashed) == 11 and (cache.hits, cache.misses) == (11, 0)
+
+
+def test_a_damaged_digest_record_only_costs_hashing(tmp_path, monkeypatch):
+    root = broken_and_odd_folder(tmp_path / "data")
+    monkeypatch.setattr(ImageCache, "settle_seconds", 0.0)
+    normalised(root, 16, ImageCache(tmp_path / "cache", 16))
+    (tmp_path / "cache" / "file-digests.json").write_text("{not json")
+    cache = ImageCache(tmp_path / "cache", 16)
+    normalised(root, 16, cache)
+    assert (cache.hits, cache.misses) == (11, 0)
+    assert len(json.loads((tmp_path / "cache" / "file-digests.json").read_text())) == 11
 
 
 def test_a_pack_without_its_index_is_ignored(tmp_path):
