@@ -1,7 +1,7 @@
 """`python -m benchmarks`: every benchmark, one table — results/benchmarks.md and results/benchmarks.json.
 
     python -m benchmarks                      # all groups (≈ 25 min on a 2-core CPU)
-    python -m benchmarks --only overhead      # one group: overhead, end-to-end, scaling, data-loading
+    python -m benchmarks --only overhead      # one group: overhead, speed-switches, end-to-end, scaling, data-loading
     python -m benchmarks --smoke --out /tmp/b # seconds: tiny sizes, one repeat, no end-to-end runs (CI)
 
 Each timed figure is the median of `--repeats` runs (min–max beside it); the two
@@ -22,11 +22,18 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from benchmarks import classifier_overhead, data_loading, end_to_end, fid_overhead, generation_overhead  # noqa: E402
+from benchmarks import (  # noqa: E402
+    classifier_overhead,
+    data_loading,
+    end_to_end,
+    fid_overhead,
+    generation_overhead,
+    speed_switches,
+)
 from benchmarks.measure import Figure, machine  # noqa: E402
 from dermabench.results import write_bytes_atomic, write_json_atomic  # noqa: E402
 
-GROUPS = ("overhead", "end-to-end", "scaling", "data-loading")
+GROUPS = ("overhead", "speed-switches", "end-to-end", "scaling", "data-loading")
 
 
 def collect(groups: tuple[str, ...], smoke: bool, repeats: int, log: Path) -> Iterator[list[Figure]]:
@@ -36,6 +43,8 @@ def collect(groups: tuple[str, ...], smoke: bool, repeats: int, log: Path) -> It
                + fid_overhead.run(n_images=8 if smoke else 128, repeats=repeats)
                + classifier_overhead.run(n_train=64 if smoke else 1024, n_val=32 if smoke else 256,
                                          repeats=repeats, epoch_size=64 if smoke else 512))
+    if "speed-switches" in groups:
+        yield speed_switches.run(repeats, smoke)
     if "end-to-end" in groups and not smoke:
         yield end_to_end.first_and_rerun([], "quick", log)
     if "scaling" in groups and not smoke:
