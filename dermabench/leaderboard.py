@@ -25,8 +25,11 @@ from dermabench.errors import DermabenchError, unknown_name
 
 GROUP_KEYS = ("dataset", "test_dataset", "profile", "image_size", "extractor", "n_real", "n_synthetic")
 ARM_COLUMNS = ("real", "real+synthetic", "synthetic", "real+augment")
-IDENTITY_COLUMNS = ("run_id", "generator", "classifier", "dataset", "test_dataset", "profile", "image_size",
-                    "extractor", "n_real", "n_synthetic", "seed", "seeds")  # fmt: skip
+IDENTITY_COLUMNS = ("run_id", "generator", "generator_options", "classifier", "classifier_options", "dataset",
+                    "test_dataset", "profile", "image_size", "extractor", "n_real", "n_synthetic", "seed",
+                    "seeds")  # fmt: skip
+#: tables name a plugin with the options its run was given: `dermaflux (train=none)`
+WITH_OPTIONS = ("generator", "classifier")
 RUN_METRICS = ("fid", "fid_real_floor", "relative_fid", "kid_mean", "precision", "recall", "near_copy_rate")
 ARM_METRICS = ("auc", "accuracy", "balanced_accuracy", "sensitivity", "specificity", "f1")
 DELTA_METRICS = ("auc", "accuracy", "balanced_accuracy")
@@ -46,13 +49,20 @@ LABELS = {"fid": "FID", "fid_real_floor": "FID floor", "relative_fid": "rel. FID
           "f1": "F1", "n_real": "N real", "n_synthetic": "N synth."}  # fmt: skip
 
 
+def options_text(options: dict[str, Any] | None) -> str:
+    """`--generator-opt`s as one sorted `key=value, ...` string ("" for none)."""
+    return ", ".join(f"{key}={value}" for key, value in sorted((options or {}).items()))
+
+
 def row_of(result: dict) -> dict[str, Any]:
     """One flat leaderboard row from one result dict."""
     config, fidelity, arms = result["config"], result.get("fidelity") or {}, result["arms"]
     row: dict[str, Any] = {
         "run_id": result["run_id"],
         "generator": result["plugins"]["generator"]["name"],
+        "generator_options": options_text(config.get("generator_options")),
         "classifier": result["plugins"]["classifier"]["name"],
+        "classifier_options": options_text(config.get("classifier_options")),
         "dataset": result["plugins"]["dataset"]["name"],
         "test_dataset": config.get("test_dataset") or "",
         "profile": result["profile"],
@@ -206,6 +216,8 @@ def cell_parts(row: dict[str, Any], column: str) -> tuple[str, str] | None:
     value = row.get(column)
     if value is None or value == "":
         return None
+    if column in WITH_OPTIONS and row.get(f"{column}_options"):
+        return f"{value} ({row[f'{column}_options']})", ""
     if not isinstance(value, float):
         return str(value), ""
     digits, signed = DIGITS.get(metric_of(column), 3), column.startswith("delta_")

@@ -182,6 +182,21 @@ def test_latex_escapes_text():
     assert r"r\_1 & my\_gen\&co \\" in text
 
 
+def test_runs_of_one_generator_with_other_options_are_told_apart():
+    trained = make_result("trained", "dermaflux", fid=700.0)
+    untrained = make_result("untrained", "dermaflux", fid=1000.0)
+    untrained["config"]["generator_options"] = {"train": "none", "steps": 8}
+    untrained["config"]["classifier_options"] = {"epochs": 3}
+    table = leaderboard.render([trained, untrained], "md", "generator,classifier,fid")
+    assert "| 1 | dermaflux | cnn | **700.000** |" in table
+    assert "| 2 | dermaflux (steps=8, train=none) | cnn (epochs=3) | 1000.000 |" in table
+    (group,) = json.loads(leaderboard.render([trained, untrained], "json"))
+    rows = {row["run_id"]: row for row in group["rows"]}
+    assert rows["untrained"]["generator"] == "dermaflux"  # data formats keep the name and the options apart
+    assert rows["untrained"]["generator_options"] == "steps=8, train=none"
+    assert rows["trained"]["generator_options"] == ""
+
+
 def test_cli_leaderboard_formats_and_columns(tmp_path):
     for result in results():
         folder = tmp_path / result["run_id"]
