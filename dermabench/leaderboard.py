@@ -18,9 +18,10 @@ import csv
 import io
 import json
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+from dermabench.config import PROFILES
 from dermabench.errors import DermabenchError, unknown_name
 
 GROUP_KEYS = ("dataset", "test_dataset", "profile", "image_size", "extractor", "n_real", "n_synthetic")
@@ -49,20 +50,26 @@ LABELS = {"fid": "FID", "fid_real_floor": "FID floor", "relative_fid": "rel. FID
           "f1": "F1", "n_real": "N real", "n_synthetic": "N synth."}  # fmt: skip
 
 
-def options_text(options: dict[str, Any] | None) -> str:
-    """`--generator-opt`s as one sorted `key=value, ...` string ("" for none)."""
-    return ", ".join(f"{key}={value}" for key, value in sorted((options or {}).items()))
+def options_text(options: dict[str, Any] | None, profile_defaults: Mapping[str, Any] | None = None) -> str:
+    """A run's plugin options as one sorted `key=value, ...` string ("" for none), leaving out those that
+    are its profile's own defaults (a table's group already names the profile)."""
+    defaults = {key: str(value) for key, value in (profile_defaults or {}).items()}
+    return ", ".join(f"{key}={value}" for key, value in sorted((options or {}).items())
+                     if defaults.get(key) != str(value))
 
 
 def row_of(result: dict) -> dict[str, Any]:
     """One flat leaderboard row from one result dict."""
     config, fidelity, arms = result["config"], result.get("fidelity") or {}, result["arms"]
+    generator, classifier = result["plugins"]["generator"]["name"], result["plugins"]["classifier"]["name"]
+    profile = PROFILES.get(result["profile"])
+    defaults = profile.plugin_options if profile is not None else {}
     row: dict[str, Any] = {
         "run_id": result["run_id"],
-        "generator": result["plugins"]["generator"]["name"],
-        "generator_options": options_text(config.get("generator_options")),
-        "classifier": result["plugins"]["classifier"]["name"],
-        "classifier_options": options_text(config.get("classifier_options")),
+        "generator": generator,
+        "generator_options": options_text(config.get("generator_options"), defaults.get(generator)),
+        "classifier": classifier,
+        "classifier_options": options_text(config.get("classifier_options"), defaults.get(classifier)),
         "dataset": result["plugins"]["dataset"]["name"],
         "test_dataset": config.get("test_dataset") or "",
         "profile": result["profile"],

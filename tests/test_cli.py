@@ -89,7 +89,8 @@ def test_folder_generator_run_then_leaderboard(tmp_path):
     result = invoke("run", "--profile", "smoke", "--generator", "folder", "--generator", "augment",
                     "--generator-opt", f"folder.path={folder}", "--n-synthetic", 80, "--out", out, "--quiet")  # fmt: skip
     assert result.exit_code == 0, result.output
-    assert "folder | cnn |" in result.stdout and "augment | cnn |" in result.stdout
+    # the leaderboard names each generator with its own options: augment got none
+    assert f"folder (path={folder}) | cnn |" in result.stdout and "| augment | cnn |" in result.stdout
     saved = {}
     for result_file in out.rglob("result.json"):
         one = json.loads(result_file.read_text())

@@ -186,10 +186,11 @@ def test_runs_of_one_generator_with_other_options_are_told_apart():
     trained = make_result("trained", "dermaflux", fid=700.0)
     untrained = make_result("untrained", "dermaflux", fid=1000.0)
     untrained["config"]["generator_options"] = {"train": "none", "steps": 8}
-    untrained["config"]["classifier_options"] = {"epochs": 3}
+    untrained["config"]["classifier_options"] = {"epochs": 5}
+    trained["config"]["classifier_options"] = {"epochs": 3}  # the smoke profile's own cnn default: not shown
     table = leaderboard.render([trained, untrained], "md", "generator,classifier,fid")
     assert "| 1 | dermaflux | cnn | **700.000** |" in table
-    assert "| 2 | dermaflux (steps=8, train=none) | cnn (epochs=3) | 1000.000 |" in table
+    assert "| 2 | dermaflux (steps=8, train=none) | cnn (epochs=5) | 1000.000 |" in table
     (group,) = json.loads(leaderboard.render([trained, untrained], "json"))
     rows = {row["run_id"]: row for row in group["rows"]}
     assert rows["untrained"]["generator"] == "dermaflux"  # data formats keep the name and the options apart
