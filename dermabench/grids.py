@@ -106,19 +106,9 @@ def save_grid(rows: Rows, path: str | os.PathLike[str], cell: int = 96, title: s
     path = Path(path)
     sheet = image_grid(rows, cell=cell, title=title)
     with atomic_file(path) as handle:
-        _default_permissions(handle.fileno())
         sheet.save(handle, format="PNG")
     _fsync_dir(path.parent)
     return path
-
-
-def _default_permissions(fd: int) -> None:
-    """mkstemp makes 0600 files; give the grid the usual 0666 & ~umask like any other output."""
-    if not hasattr(os, "fchmod"):
-        return
-    umask = os.umask(0)
-    os.umask(umask)
-    os.fchmod(fd, 0o666 & ~umask)
 
 
 def _fsync_dir(folder: Path) -> None:

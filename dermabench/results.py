@@ -37,6 +37,15 @@ TRACKED_PACKAGES = (
 )  # fmt: skip
 
 
+def _usual_permissions(fd: int) -> None:
+    """mkstemp makes 0600 files; give results the 0666 & ~umask any plain open() gives (group-readable
+    on a shared cluster when the umask says so)."""
+    if hasattr(os, "fchmod"):
+        umask = os.umask(0)
+        os.umask(umask)
+        os.fchmod(fd, 0o666 & ~umask)
+
+
 @contextmanager
 def atomic_file(path: Path, overwrite: bool = True) -> Iterator[BinaryIO]:
     """A binary handle whose bytes appear at `path` complete or not at all: a temp file in the same folder,
@@ -51,6 +60,7 @@ def atomic_file(path: Path, overwrite: bool = True) -> Iterator[BinaryIO]:
         with storage_errors(path):  # a writer may wrap the OSError (torch.save: a RuntimeError from its zip writer)
             path.parent.mkdir(parents=True, exist_ok=True)
             fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+            _usual_permissions(fd)
             with os.fdopen(fd, "wb") as handle:
                 yield handle
                 handle.flush()

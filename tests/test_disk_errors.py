@@ -424,3 +424,17 @@ def test_a_sweep_stops_at_a_full_disk_instead_of_failing_every_cell(tmp_path):
     with pytest.raises(StorageError, match="^no space left on device"):
         run_sweep(sweep, runner=runner)
     assert calls == [0]
+
+
+@pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o077, 0o600), (0o002, 0o664)])
+def test_atomic_writes_get_the_permissions_a_plain_open_would(tmp_path, umask, mode):
+    """mkstemp makes its temp file 0600; results shared on a cluster must follow the user's umask instead."""
+    from dermabench.results import write_json_atomic
+
+    old = os.umask(umask)
+    try:
+        written = write_json_atomic(tmp_path / "result.json", {"auc": 0.8})
+        (tmp_path / "plain.json").write_text("{}")
+    finally:
+        os.umask(old)
+    assert written.stat().st_mode & 0o777 == mode == (tmp_path / "plain.json").stat().st_mode & 0o777
