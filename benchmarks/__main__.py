@@ -1,6 +1,6 @@
 """`python -m benchmarks`: every benchmark, one table — results/benchmarks.md and results/benchmarks.json.
 
-    python -m benchmarks                      # all groups (≈ 25 min on a 2-core CPU)
+    python -m benchmarks                      # all groups (≈ 30 min on 2 idle cores)
     python -m benchmarks --only overhead      # one group: overhead, speed-switches, end-to-end, scaling, data-loading
     python -m benchmarks --smoke --out /tmp/b # seconds: tiny sizes, one repeat, no end-to-end runs (CI)
 
