@@ -9,16 +9,21 @@ from what is added, not from which real images were drawn.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import replace
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 
+import dermabench
 from dermabench.api import Prompt, Sample
 from dermabench.errors import DermabenchError, PluginError
 from dermabench.generation import check_images, plugin_call
+from dermabench.results import write_json_atomic
 from dermabench.seeding import derive_seed
+from dermabench.stages import inputs_hash
 
 if TYPE_CHECKING:
     from dermabench.protocol import Run
@@ -85,6 +90,29 @@ def check_probabilities(p: object, n: int, name: str) -> np.ndarray:
     return array
 
 
+def shared_record(run: Run, inputs: dict, seed: int) -> Path:
+    """Where one arm × seed's test probabilities are kept across runs. Besides the stage's inputs (classifier
+    plugin and version, options, image size, the train/val/test image ids, the synthetic images' cache key,
+    which pins the dataset, its options and folder, the prompts and the image size), the key holds what a run
+    folder implies: the seed, profile, device, test dataset and dermabench's version."""
+    config = run.config
+    key = inputs_hash({
+        **inputs, "seed": seed, "profile": config.profile, "device": str(run.device),
+        "dataset": [config.dataset, dict(config.dataset_options), config.data_dir],
+        "test_dataset": [config.test_dataset, dict(config.test_dataset_options), config.test_data_dir],
+        "dermabench": dermabench.__version__,
+    })  # fmt: skip
+    return run.cache / "arms" / f"{config.classifier}-{key}.json"
+
+
+def load_shared(path: Path, n_test: int) -> np.ndarray | None:
+    try:
+        stored = np.asarray(json.loads(path.read_text())["probabilities"], dtype=np.float64)
+    except (OSError, ValueError, KeyError, TypeError):
+        return None  # none yet, or damaged: trained again, never trusted
+    return stored if stored.shape == (n_test,) else None
+
+
 def train_arms(
     run: Run,
     arms: dict[str, list[Sample]],
@@ -97,7 +125,9 @@ def train_arms(
 
     Seed k initialises the classifier identically in every arm, so per-seed
     differences between arms are paired. Each arm × seed is a stage of the run: a
-    resumed run reuses the probabilities of those that finished.
+    resumed run reuses the probabilities of those that finished. They are also kept
+    in `<out>/.cache/arms/`, keyed by everything the fit depends on, so another run
+    over the same images and settings (`--force`, more seeds) trains only what is new.
     """
     config = run.config
     options = dict(config.classifier_options)
@@ -112,15 +142,21 @@ def train_arms(
     for arm, seed in run.processes.mine(jobs):
         train = arms[arm]
         if run.stages.load(f"arm-{arm}-seed{seed}", inputs[arm, seed]) is None:
-            run.progress.log(f"arm {arm}, seed {seed}: {len(train)} training images")
-            classifier = run.instantiate("classifier", config.classifier, options)
-            safe_arm = arm.replace("+", "-")
-            context = run.context(f"classifier-{safe_arm}-seed{seed}", config.classifier, options, seed=seed)
-            with plugin_call("classifier", config.classifier, "fit"):
-                classifier.fit(train, val, context)
-            with plugin_call("classifier", config.classifier, "predict_proba"):
-                p = classifier.predict_proba(test_images, context)
-            p = check_probabilities(p, len(test_images), config.classifier)
+            shared = shared_record(run, inputs[arm, seed], seed)
+            p = load_shared(shared, len(test_images))
+            if p is not None:
+                run.progress.log(f"arm {arm}, seed {seed}: test probabilities from the cache")
+            else:
+                run.progress.log(f"arm {arm}, seed {seed}: {len(train)} training images")
+                classifier = run.instantiate("classifier", config.classifier, options)
+                safe_arm = arm.replace("+", "-")
+                context = run.context(f"classifier-{safe_arm}-seed{seed}", config.classifier, options, seed=seed)
+                with plugin_call("classifier", config.classifier, "fit"):
+                    classifier.fit(train, val, context)
+                with plugin_call("classifier", config.classifier, "predict_proba"):
+                    p = classifier.predict_proba(test_images, context)
+                p = check_probabilities(p, len(test_images), config.classifier)
+                write_json_atomic(shared, {"probabilities": p.tolist()})
             run.stages.save(f"arm-{arm}-seed{seed}", inputs[arm, seed], p.tolist())
     run.processes.wait()
     for arm, seed in jobs:

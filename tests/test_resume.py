@@ -89,7 +89,27 @@ def test_force_starts_a_new_run_beside_a_finished_one(tmp_path):
     assert second.parent.name == first.parent.name + "-2"
     assert first.read_bytes() == before
     one, two = json.loads(first.read_text()), json.loads(second.read_text())
-    assert comparable(one) == comparable(two)  # recomputed in its own folder, deterministically
+    assert comparable(one) == comparable(two)  # in its own folder, from the same caches
+
+
+def test_another_run_over_the_same_images_reuses_the_classifier_fits_and_nothing_else(tmp_path, monkeypatch):
+    """`--force` or more seeds: arm × seed fits that another run finished come from <out>/.cache/arms; a changed
+    classifier option, seed or generator trains again."""
+    from dermabench_plugins.cnn import CNNClassifier
+
+    first = json.loads(run(smoke(tmp_path, generator="augment", arms="real,synthetic")).read_text())
+    fits = []
+    original_fit = CNNClassifier.fit
+    monkeypatch.setattr(CNNClassifier, "fit", lambda self, *a: fits.append(self.config["epochs"]) or original_fit(self, *a))
+    again = json.loads(run(smoke(tmp_path, generator="augment", arms="real,synthetic"), force=True).read_text())
+    assert fits == [] and comparable(again) == comparable(first)
+    more_seeds = json.loads(run(smoke(tmp_path, generator="augment", arms="real,synthetic", seeds=2)).read_text())
+    assert len(fits) == 2  # seed 1 of both arms; seed 0 from the cache
+    assert more_seeds["arms"]["real"]["auc"] != first["arms"]["real"]["auc"]  # a mean over two seeds now
+    run(smoke(tmp_path, generator="augment", arms="real,synthetic", classifier_options={"epochs": "2"}))
+    assert fits[2:] == [2, 2]
+    run(smoke(tmp_path, generator="augment", arms="real,synthetic", generator_options={"jitter": "0.1"}))
+    assert len(fits) == 6
 
 
 def test_a_run_in_progress_is_locked(tmp_path):
