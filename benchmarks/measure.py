@@ -68,10 +68,14 @@ class Figure:
         return asdict(self)
 
 
+def ratio(a: Timing, b: Timing) -> tuple[float, tuple[float, float]]:
+    """a / b of the medians, and its spread pairing the extremes (best a / worst b, worst a / best b)."""
+    return a.median / b.median, (min(a.seconds) / max(b.seconds), max(a.seconds) / min(b.seconds))
+
+
 def ratio_figure(group: str, name: str, ours: Timing, direct: Timing, limit: float = 1.10, **detail) -> Figure:
-    """ours / direct. The spread pairs the extremes (best ours / worst direct, worst ours / best direct)."""
-    value = ours.median / direct.median
-    spread = (min(ours.seconds) / max(direct.seconds), max(ours.seconds) / min(direct.seconds))
+    """ours / direct, with `ratio`'s spread."""
+    value, spread = ratio(ours, direct)
     detail = {"dermabench": ours.to_dict(), "direct": direct.to_dict(), **detail}
     return Figure(group, name, value, "×", spread, f"≤ {limit:.2f}", value <= limit, detail)
 

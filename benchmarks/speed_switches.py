@@ -20,14 +20,13 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.measure import Figure, Timing, time_pair
+from benchmarks.measure import Figure, Timing, ratio, time_pair
 from dermabench import plugins
 from dermabench.api import RunContext
 
 
 def speedup(name: str, off: Timing, on: Timing, **detail) -> Figure:
-    value = off.median / on.median
-    spread = (min(off.seconds) / max(on.seconds), max(off.seconds) / min(on.seconds))
+    value, spread = ratio(off, on)
     return Figure("speed switches", name, value, "× faster", spread, "", None,
                   {"off": off.to_dict(), "on": on.to_dict(), **detail})
 

@@ -33,6 +33,8 @@ import torch
 from PIL import Image
 from typer.testing import CliRunner
 
+from in_test_plugins import registered_plugin
+
 import dermabench
 from dermabench import plugins
 from dermabench.arms import check_probabilities
@@ -177,13 +179,8 @@ class InTestPlugins:
 
 @pytest.fixture(scope="module", autouse=True)
 def in_test_plugins():
-    plugins.load_plugins()
-    plugin = InTestPlugins()
-    plugins.pm.register(plugin, name="bad-input-test")
-    try:
+    with registered_plugin(InTestPlugins(), "bad-input-test"):
         yield
-    finally:
-        plugins.pm.unregister(plugin)
 
 
 @pytest.fixture

@@ -27,8 +27,9 @@ from PIL import Image
 from test_resume import comparable
 from typer.testing import CliRunner
 
+from in_test_plugins import registered_plugin
+
 import dermabench
-from dermabench import plugins
 from dermabench.cli import app
 from dermabench.config import build_config
 from dermabench.errors import StorageError, storage_error
@@ -88,13 +89,8 @@ class InTestPlugins:
 
 @pytest.fixture(scope="module", autouse=True)
 def in_test_plugins():
-    plugins.load_plugins()
-    plugin = InTestPlugins()
-    plugins.pm.register(plugin, name="disk-errors-test")
-    try:
+    with registered_plugin(InTestPlugins(), "disk-errors-test"):
         yield
-    finally:
-        plugins.pm.unregister(plugin)
 
 
 # --------------------------------------------------------------------------- faults

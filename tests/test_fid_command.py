@@ -7,8 +7,9 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
+from in_test_plugins import registered_plugin
+
 import dermabench
-from dermabench import plugins
 from dermabench.cli import app
 from dermabench.fid_command import JSON_KEYS
 from dermabench.images import to_square_rgb
@@ -43,12 +44,8 @@ def grid_extractor():
         def register_extractors(self, register):
             register(GridColours)
 
-    plugin = Plugin()
-    plugins.pm.register(plugin, name="grid-colours-test")
-    try:
+    with registered_plugin(Plugin(), "grid-colours-test"):
         yield
-    finally:
-        plugins.pm.unregister(plugin)
 
 
 def _write(folder, n, seed, shift=0.0):

@@ -6,6 +6,8 @@ import textwrap
 
 import pytest
 
+from in_test_plugins import registered_plugin
+
 import dermabench
 from dermabench import plugins
 from dermabench.errors import DermabenchError, PluginError
@@ -70,12 +72,8 @@ def test_in_test_plugin_registered_on_the_manager():
         def register_generators(self, register):
             register(Echo)
 
-    plugin = EchoPlugin()
-    plugins.pm.register(plugin, name="echo-test")
-    try:
+    with registered_plugin(EchoPlugin(), "echo-test"):
         assert plugins.get("generator", "echo-test").cls is Echo
-    finally:
-        plugins.pm.unregister(plugin)
     assert "echo-test" not in plugins.registered("generator")
 
 

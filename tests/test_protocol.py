@@ -5,8 +5,9 @@ import json
 import pytest
 from PIL import Image
 
+from in_test_plugins import registered_plugin
+
 import dermabench
-from dermabench import plugins
 from dermabench.config import build_config
 from dermabench.errors import DermabenchError, PluginError
 from dermabench.protocol import Run, run
@@ -116,10 +117,8 @@ def broken_generator():
         def register_generators(self, register):
             register(Broken)
 
-    plugin = Plugin()
-    plugins.pm.register(plugin, name="broken-test")
-    yield Broken
-    plugins.pm.unregister(plugin)
+    with registered_plugin(Plugin(), "broken-test"):
+        yield Broken
     Broken.mode = "count"
 
 

@@ -1,0 +1,19 @@
+"""Plugins defined inside a test module, registered with the host's plugin manager for as long as a test needs."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from dermabench import plugins
+
+
+@contextmanager
+def registered_plugin(plugin: object, name: str) -> Iterator[object]:
+    """`plugin`'s hook implementations (`register_generators`, ...) are live inside the block, gone after it."""
+    plugins.load_plugins()  # the built-ins first: a test plugin is registered beside them, never instead
+    plugins.pm.register(plugin, name=name)
+    try:
+        yield plugin
+    finally:
+        plugins.pm.unregister(plugin)
