@@ -293,7 +293,7 @@ class TrainConfig:
     checkpoint_every: int = 500  # 0 = never
     keep_checkpoints: int = 2
     seed: int = 0
-    mixed_precision: str = "auto"  # "auto": bf16 on CUDA, none elsewhere; or "no", "bf16", "fp16"
+    mixed_precision: str = "auto"  # "auto": bf16 autocast on CUDA, none elsewhere; or "no", "bf16"
     #: stop after this optimisation step (tests: simulate a killed run); None = run to `steps`
     stop_after: int | None = None
 
@@ -439,7 +439,11 @@ def train(
     precision = cfg.mixed_precision
     if precision == "auto":
         precision = "bf16" if on_cuda and torch.cuda.is_bf16_supported() else "no"
-    accelerator = Accelerator(cpu=not on_cuda and str(device) != "mps", mixed_precision=precision)
+    if precision not in ("no", "bf16"):
+        raise PluginError(f"mixed_precision must be auto, no or bf16, got {cfg.mixed_precision!r}")
+    # the autocast is ours, not accelerate's: its mixed precision is one setting per process (a tiny fp32 fit
+    # and a full-size bf16 fit in one run would collide), and it rewrites the module's forward
+    accelerator = Accelerator(cpu=not on_cuda and str(device) != "mps")
     start_time = time.perf_counter()
 
     params = denoiser.trainable_parameters()
@@ -550,8 +554,8 @@ def train(
             target = objective.target(x0, noise, t)
             sync = micro == cfg.grad_accum - 1
             ctx = nullcontext() if sync else accelerator.no_sync(module)
-            with ctx:
-                with accelerator.autocast():
+            with ctx, _training_attention(device_t):
+                with torch.autocast(device_t.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
                     pred = denoiser.predict(module, x_t, objective.model_time(t).to(device_t), cond)
                 err = (pred.float() - target.float()) ** 2
                 per_sample = err.reshape(err.shape[0], -1).mean(dim=1)
@@ -577,6 +581,7 @@ def train(
     if not finished:
         save_checkpoint(end)  # a stopped run leaves a checkpoint to resume from
     module.eval()
+    _restore_forward(module)
     if finished and ema is not None:
         with torch.no_grad():
             for k, p in params.items():
@@ -585,3 +590,34 @@ def train(
     return TrainResult(
         step=end, losses=losses, resumed_from=resumed_from, seconds=time.perf_counter() - start_time, finished=finished
     )
+
+
+def _restore_forward(module) -> None:
+    """Undo accelerate's mixed-precision patch of `module.forward` (autocast, outputs cast to fp32), which
+    `accelerate launch --mixed_precision bf16` still applies in `prepare`.
+
+    Left in place, the pipeline hands fp32 latents to its bf16 VAE after a fit on a GPU (seen on an H200).
+    Not `accelerator.unwrap_model(keep_fp32_wrapper=False)`: it peels off every `functools.wraps` layer of
+    the forward, diffusers' own decorators (`apply_lora_scale`, which makes `lora_scale` work) included.
+    """
+    original = vars(module).pop("_original_forward", None)
+    if original is None:
+        return
+    vars(module).pop("forward", None)  # the class's forward again
+    if getattr(original, "__func__", None) is not getattr(type(module), "forward", None):
+        module.forward = original  # it was an instance's own forward before accelerate patched it
+
+
+def _training_attention(device):
+    """The attention kernels a training step may use: on CUDA every SDPA kernel but cuDNN's.
+
+    cuDNN's attention backward failed in a full-size FLUX LoRA fit with gradient checkpointing on an H200
+    (torch 2.11, CUDA 13: "mha_graph.execute(...).is_good()", then an illegal memory access that ends the
+    process's CUDA context); with cuDNN's kernel switched off (the same global switch this context sets) the
+    fit ran. The backward, and the recomputation gradient checkpointing does in it, run inside this context.
+    """
+    if getattr(device, "type", str(device)) != "cuda":
+        return nullcontext()
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    return sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH])

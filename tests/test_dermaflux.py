@@ -304,3 +304,37 @@ def test_lora_fit_on_a_model_folder_takes_the_full_size_path(tmp_path, pool):
     assert (final / LORA_FILE).is_file() and gen.last_fit["steps"] == 3
     out = gen.generate(prompts(2), ctx(tmp_path / "work"))
     assert [im.size for im in out] == [(SIZE, SIZE)] * 2
+
+
+def test_fp32_and_bf16_fits_share_a_process_and_leave_the_transformer_returning_its_own_dtype():
+    # tiny models fit in fp32, full-size ones under bf16 autocast: accelerate's mixed precision is one setting per
+    # process (the second fit raised), and its wrapped forward returned fp32 latents to a bf16 VAE after a fit
+    # (seen on an H200). bf16 autocast runs on the CPU too.
+    pipe = build_tiny_flux(PRESETS["micro"], seed=0)
+    data = micro_training_set(pipe, n=2)
+    denoiser = FluxDenoiser(pipe.transformer, SIZE, SIZE, pipe.vae_scale_factor, guidance=1.0)
+    pipe.transformer.requires_grad_(True)
+    forward = pipe.transformer.forward
+    for precision in ("no", "bf16"):
+        result = train(denoiser, data, RectifiedFlow(),
+                       TrainConfig(steps=2, batch_size=2, checkpoint_every=0, mixed_precision=precision))
+        assert result.finished and all(np.isfinite(result.losses))
+    assert pipe.transformer.forward == forward and "_original_forward" not in vars(pipe.transformer)
+    pipe.transformer.to(torch.bfloat16)
+    with torch.no_grad():
+        out = denoiser.predict(pipe.transformer, data.latents.to(torch.bfloat16), torch.tensor([0.5, 0.5]),
+                               data.conditioning)
+    assert out.dtype == torch.bfloat16
+
+
+def test_accelerates_mixed_precision_forward_is_undone_keeping_diffusers_decorators():
+    # what `accelerate launch --mixed_precision bf16` does in prepare: the forward wrapped, the original kept
+    from dermabench_plugins.diffusion_training import _restore_forward
+
+    transformer = build_tiny_flux(PRESETS["micro"], seed=0).transformer
+    original = transformer.forward
+    transformer._original_forward = original
+    transformer.forward = lambda *a, **k: original(*a, **k)
+    _restore_forward(transformer)
+    assert transformer.forward == original and "_original_forward" not in vars(transformer)
+    assert hasattr(type(transformer).forward, "__wrapped__")  # diffusers' apply_lora_scale stays on
