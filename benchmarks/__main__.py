@@ -1,7 +1,8 @@
 """`python -m benchmarks`: every benchmark, one table — results/benchmarks.md and results/benchmarks.json.
 
     python -m benchmarks                      # all groups (≈ 30 min on 2 idle cores)
-    python -m benchmarks --only overhead      # one group: overhead, speed-switches, end-to-end, scaling, data-loading
+    python -m benchmarks --only overhead      # one group: overhead, speed-switches, end-to-end, scaling,
+                                              # data-loading, gpu (CUDA: tiny and full-size models on the GPU)
     python -m benchmarks --smoke --out /tmp/b # seconds: tiny sizes, one repeat, no end-to-end runs (CI)
 
 Each timed figure is the median of `--repeats` runs (min–max beside it); the two
@@ -27,13 +28,14 @@ from benchmarks import (  # noqa: E402
     data_loading,
     end_to_end,
     fid_overhead,
+    full_size,
     generation_overhead,
     speed_switches,
 )
 from benchmarks.measure import Figure, machine  # noqa: E402
 from dermabench.results import write_bytes_atomic, write_json_atomic  # noqa: E402
 
-GROUPS = ("overhead", "speed-switches", "end-to-end", "scaling", "data-loading")
+GROUPS = ("overhead", "speed-switches", "end-to-end", "scaling", "data-loading", "gpu")
 
 
 def collect(groups: tuple[str, ...], smoke: bool, repeats: int, log: Path) -> Iterator[list[Figure]]:
@@ -51,6 +53,14 @@ def collect(groups: tuple[str, ...], smoke: bool, repeats: int, log: Path) -> It
         yield end_to_end.scaling([], (1, 2, 4), log)
     if "data-loading" in groups:
         yield data_loading.run(repeats=repeats, n_phantom=24 if smoke else 400, use_ham10000=not smoke)
+    if "gpu" in groups:
+        # the tiny models and classifiers on the GPU, then the full-size generators with random weights
+        yield generation_overhead.run(n_images=8 if smoke else 64, repeats=repeats, device="cuda", group="gpu")
+        yield classifier_overhead.run(n_train=64 if smoke else 512, n_val=32 if smoke else 128, repeats=repeats,
+                                      image_size=224, epoch_size=64 if smoke else 1024, device="cuda", group="gpu",
+                                      options={"vit": {"variant": "vit_base_patch16_224", "pretrained": False},
+                                               "efficientnet": {"pretrained": False}})
+        yield from full_size.run("cuda", small=smoke, repeats=min(repeats, 2))
 
 
 def _number(value: float) -> str:
@@ -89,7 +99,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path("results"), help="folder for benchmarks.md/.json")
     args = parser.parse_args(argv)
     repeats = args.repeats or (1 if args.smoke else 3)
-    groups = tuple(args.only or GROUPS)
+    import torch
+
+    if args.only and "gpu" in args.only and not torch.cuda.is_available():
+        parser.error("--only gpu needs a CUDA device (torch.cuda.is_available() is false here)")
+    groups = tuple(args.only or (g for g in GROUPS if g != "gpu" or torch.cuda.is_available()))
     about = {**machine(), "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}
     args.out.mkdir(parents=True, exist_ok=True)
     log = args.out / "benchmarks.log"

@@ -12,6 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from benchmarks.__main__ import markdown
@@ -62,3 +63,53 @@ def test_runner_smoke_writes_the_table_and_the_json(tmp_path):
     assert cold > 0 and speedup == pytest.approx(cached / cold)
     assert data["figures"][0]["name"].startswith("imagefolder, 24 images")  # smoke: phantom JPEGs, not HAM10000
     assert "## data loading" in (tmp_path / "benchmarks.md").read_text()
+
+
+def test_the_full_size_architectures_have_the_published_parameter_counts():
+    # built on the meta device: shapes only, no memory, so the configs are checked against the real models' sizes
+    import torch
+
+    from benchmarks import full_size as fs
+
+    flux = fs.build_flux(fs.FLUX_DEV, "meta", torch.bfloat16)
+    assert fs.parameters(flux.transformer) == 11_901_408_320  # FLUX.1-dev's transformer
+    assert fs.parameters(flux.text_encoder_2) == 4_762_310_656  # T5-XXL's encoder
+    assert fs.parameters(flux.text_encoder) == 123_060_480  # CLIP ViT-L/14's text tower
+    assert flux.transformer.config.guidance_embeds and flux.vae.config.latent_channels == 16
+    sd15 = fs.build_sd(fs.SD15, "meta", torch.bfloat16, xl=False)
+    assert fs.parameters(sd15.unet) == 859_520_964
+    assert fs.parameters(sd15.vae) == 83_653_863
+    sdxl = fs.build_sd(fs.SDXL, "meta", torch.bfloat16, xl=True)
+    assert fs.parameters(sdxl.unet) == 2_567_463_684
+    assert fs.parameters(sdxl.text_encoder_2) == 694_659_840  # OpenCLIP bigG's text tower with projection
+
+
+def test_the_full_size_benchmark_runs_its_phases_on_shrunk_models_on_the_cpu():
+    from benchmarks import full_size as fs
+
+    figures = [f for phase in fs.run("cpu", small=True, log=lambda message: None) for f in phase]
+    names = [f.name for f in figures]
+    assert not [n for n in names if "failed" in n], names
+    for label in ("FLUX.1-dev", "SD 1.5", "SDXL"):
+        per_image = next(f for f in figures if f.name.startswith(f"{label}, s per image at 64²"))
+        assert per_image.unit == "s" and per_image.value > 0
+        overhead = next(f for f in figures if f.name.startswith(f"overhead, {label} generation"))
+        ours, direct = overhead.detail["dermabench"]["runs"], overhead.detail["direct"]["runs"]
+        assert overhead.value == pytest.approx(ours[0] / direct[0])
+    fit = next(f for f in figures if "LoRA fit" in f.name and f.unit == "s")
+    assert fit.value > 0 and fit.detail["steps"] == 2 and np.isfinite(fit.detail["final_loss"])
+    assert next(f for f in figures if "after the LoRA fit" in f.name).value == 64
+
+
+def test_training_on_cuda_keeps_sdpa_off_cudnn_and_restores_the_switches():
+    import torch
+
+    from dermabench_plugins.diffusion_training import _training_attention
+
+    before = torch.backends.cuda.cudnn_sdp_enabled(), torch.backends.cuda.flash_sdp_enabled()
+    with _training_attention(torch.device("cuda")):  # only sets torch's global switches: no GPU needed
+        assert not torch.backends.cuda.cudnn_sdp_enabled()
+        assert torch.backends.cuda.flash_sdp_enabled() and torch.backends.cuda.math_sdp_enabled()
+    assert (torch.backends.cuda.cudnn_sdp_enabled(), torch.backends.cuda.flash_sdp_enabled()) == before
+    with _training_attention(torch.device("cpu")):
+        assert torch.backends.cuda.cudnn_sdp_enabled() == before[0]
