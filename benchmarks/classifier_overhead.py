@@ -95,7 +95,8 @@ def run(n_train: int, n_val: int, repeats: int, image_size: int = 64, epoch_size
             ours_t, direct_t = time_pair(ours, direct, repeats)
         figures.append(ratio_figure(
             group,
-            f"classifier, one epoch of {name} on {device} ({epoch_size} of {n_train} train images, {n_val} val, {image_size} px)",
+            f"classifier, one epoch of {name} on {device} ({epoch_size} of {n_train} train images, {n_val} val, "
+            f"{image_size} px)",
             ours_t, direct_t,
         ))
     return figures

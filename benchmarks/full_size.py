@@ -31,7 +31,7 @@ from typing import Any
 
 import torch
 
-from benchmarks.generation_overhead import TEXTS, _direct_call, prompts
+from benchmarks.generation_overhead import _direct_call, prompts
 from benchmarks.measure import Figure, ratio_figure, time_pair
 from dermabench import plugins
 from dermabench.api import Progress, RunContext
@@ -402,10 +402,10 @@ def run(device: str = "cuda", small: bool = False, repeats: int = 2, deadline_s:
                 log(f"{label}: skipped, past the {deadline_s:.0f} s deadline")
                 continue
             pipe, figures = built(label, lambda c: build_sd(c, device, dtype, xl=xl), configs)
-            yield figures + _phase(label, "sampling", device, lambda out: generation(
+            yield figures + _phase(label, "sampling", device, lambda out, pipe=pipe: generation(
                 name, pipe, work, device, (size(side),), steps or 25, 2 if small else n, 1 if small else repeats,
                 label, out, baseline=resident), log)
-            del pipe
+            del pipe  # SD's weights leave the GPU before the next model; FLUX's stay for its later phases
             if device.startswith("cuda"):
                 torch.cuda.empty_cache()
         yield _phase("FLUX.1-dev", "attention kernels", device, lambda out: out.extend(

@@ -46,7 +46,8 @@ def _direct_call(name: str, pipe, opts: dict, batch: list[Prompt], size: int):
     return pipe(**common).images
 
 
-def run(n_images: int, repeats: int, image_size: int = 64, device: str = "cpu", group: str = "overhead") -> list[Figure]:
+def run(n_images: int, repeats: int, image_size: int = 64, device: str = "cpu",
+        group: str = "overhead") -> list[Figure]:
     figures = []
     for name in ("dermaflux", "sd15"):
         generator = plugins.get("generator", name).cls(model="tiny", train="none")
@@ -71,7 +72,8 @@ def run(n_images: int, repeats: int, image_size: int = 64, device: str = "cpu", 
 
             ours_t, direct_t = time_pair(ours, direct, repeats)
         figure = ratio_figure(
-            group, f"generation, {name} tiny on {device} ({n_images} images, {opts['steps']} steps, batch {batch_size})",
+            group,
+            f"generation, {name} tiny on {device} ({n_images} images, {opts['steps']} steps, batch {batch_size})",
             ours_t, direct_t, images_per_s_dermabench=n_images / ours_t.median,
             images_per_s_direct=n_images / direct_t.median,
         )
