@@ -17,7 +17,6 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-import dermabench
 from dermabench.api import Prompt, Sample
 from dermabench.errors import DermabenchError, PluginError
 from dermabench.generation import check_images, plugin_call
@@ -94,15 +93,9 @@ def shared_record(run: Run, inputs: dict, seed: int) -> Path:
     """Where one arm × seed's test probabilities are kept across runs. Besides the stage's inputs (classifier
     plugin and version, options, image size, the train/val/test image ids, the synthetic images' cache key,
     which pins the dataset, its options and folder, the prompts and the image size), the key holds what a run
-    folder implies: the seed, profile, device, test dataset and dermabench's version."""
-    config = run.config
-    key = inputs_hash({
-        **inputs, "seed": seed, "profile": config.profile, "device": str(run.device),
-        "dataset": [config.dataset, dict(config.dataset_options), config.data_dir],
-        "test_dataset": [config.test_dataset, dict(config.test_dataset_options), config.test_data_dir],
-        "dermabench": dermabench.__version__,
-    })  # fmt: skip
-    return run.cache / "arms" / f"{config.classifier}-{key}.json"
+    folder implies (`Run.shared_identity`) with this arm's seed."""
+    key = inputs_hash({**inputs, **run.shared_identity(), "seed": seed})
+    return run.cache / "arms" / f"{run.config.classifier}-{key}.json"
 
 
 def load_shared(path: Path, n_test: int) -> np.ndarray | None:

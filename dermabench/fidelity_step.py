@@ -85,7 +85,8 @@ def fidelity_and_memorization(
     progress: Progress,
     cache_dir: Path | None = None,
 ) -> tuple[dict, dict, list]:
-    """Returns (fidelity, memorization, closest pairs as grid rows) for the result JSON.
+    """Returns (fidelity, memorization, closest pairs) for the result JSON; the closest pairs as indices into
+    `synthetic` and `train_pool` (`closest_rows` makes them grid rows).
 
     `cache_dir`: where features are cached across runs (None: no cache).
     """
@@ -121,15 +122,20 @@ def fidelity_and_memorization(
     nearest, distances = found.pop("nearest_train_index"), found.pop("distances")
     memo = {"extractor": extractor.name, **{k: v for k, v in found.items() if not isinstance(v, np.ndarray)}}
     order = np.argsort(distances)[:CLOSEST_PAIRS_SHOWN]
-    closest = [
-        ("synthetic", [synthetic[i].image for i in order]),
-        ("nearest train", [train_pool[int(nearest[i])].image for i in order]),
-    ]
+    closest = {"synthetic": [int(i) for i in order], "nearest_train": [int(nearest[i]) for i in order]}
     progress.log(
         f"FID {fidelity['fid']:.3f} (floor {fidelity['fid_real_floor']:.3f}), "
         f"near-copy rate {memo['near_copy_rate']:.3f}"
     )
     return fidelity, memo, closest
+
+
+def closest_rows(closest: dict, synthetic: Sequence[Sample], train_pool: Sequence[Sample]) -> list:
+    """The grid rows of the closest pairs: the synthetic images and, under each, its nearest train image."""
+    return [
+        ("synthetic", [synthetic[i].image for i in closest["synthetic"]]),
+        ("nearest train", [train_pool[i].image for i in closest["nearest_train"]]),
+    ]
 
 
 def _describe(extractor: FeatureExtractor) -> dict:

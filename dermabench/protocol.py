@@ -24,7 +24,7 @@ from dermabench.api import LABEL_NAMES, Plugin, Progress, RunContext, Sample
 from dermabench.arms import build_arms, train_arms
 from dermabench.config import RunConfig
 from dermabench.errors import DermabenchError, storage_errors
-from dermabench.fidelity_step import fidelity_and_memorization
+from dermabench.fidelity_step import closest_rows, fidelity_and_memorization
 from dermabench import generation
 from dermabench.generation import plugin_call
 from dermabench.grids import save_grid
@@ -73,13 +73,25 @@ class Run:
             while (self.out / self.run_id).exists():
                 self.run_id, number = f"{base}-{number}", number + 1
         self.run_dir = self.out / self.run_id
-        self.stages = Stages(self.run_dir)
+        self.stages = Stages(self.run_dir, shared=self.cache / "stages", identity=self.shared_identity())
         #: True when execute() found the run finished before and only reported it
         self.already_finished = False
         self.timings: dict[str, float] = dict.fromkeys(("fit_generator", "generate", "fidelity", "classify"), 0.0)
         self.plugin_info: dict[str, dict[str, str]] = {}
 
     # -- plumbing -------------------------------------------------------------------------------------------------
+
+    def shared_identity(self) -> dict[str, Any]:
+        """What a run folder implies beyond a stage's own inputs: part of the key of every record that other
+        runs may reuse (`<out>/.cache/stages`, `<out>/.cache/arms`)."""
+        config = self.config
+        return {
+            "seed": config.seed, "profile": config.profile, "device": str(self.device),
+            "image_size": config.image_size,
+            "dataset": [config.dataset, dict(config.dataset_options), config.data_dir],
+            "test_dataset": [config.test_dataset, dict(config.test_dataset_options), config.test_data_dir],
+            "dermabench": dermabench.__version__,
+        }  # fmt: skip
 
     def context(self, kind: str, name: str, options: dict, **overrides: Any) -> RunContext:
         work_dir = self.cache / "plugins" / f"{kind}-{name}-{options_hash(options)}"
@@ -229,13 +241,15 @@ class Run:
             captioner = self.instantiate("captioner", config.captioner, dict(config.captioner_options))
             caption_inputs = {"captioner": self.plugin_info["captioner"], "options": dict(config.captioner_options),
                               "images": [s.meta["image_id"] for s in train_pool]}  # fmt: skip
-            captions = self.stages.load("captions", caption_inputs)
+            captions = self.stages.load("captions", caption_inputs, shared=True)
             if captions is None:
                 with plugin_call("captioner", config.captioner, "caption"):
                     captions = list(captioner.caption(train_pool, self.context("captioner", config.captioner, {})))
                 if len(captions) != len(train_pool):
                     raise DermabenchError(f"captioner '{config.captioner}' returned {len(captions)} captions")
-                self.stages.save("captions", caption_inputs, captions)
+                self.stages.save("captions", caption_inputs, captions, shared=True)
+            elif "captions" in self.stages.shared_hits:
+                self.progress.log(f"{len(captions)} captions from the cache")
             train_pool = [replace(s, caption=c) for s, c in zip(train_pool, captions)]
 
         # 4–5. fit the generator on the train pool, then generate from prompts
@@ -299,17 +313,22 @@ class Run:
             fidelity_inputs = {"extractor": self.plugin_info["extractor"], "options": extractor_options,
                                "train_pool": [s.meta["image_id"] for s in train_pool],
                                "test": [s.meta["image_id"] for s in test], "synthetic": cached_at.name}  # fmt: skip
-            stored = self.stages.load("fidelity", fidelity_inputs)
-            if stored is not None and (self.run_dir / "samples.png").is_file():
-                fidelity, memorization = stored["fidelity"], stored["memorization"]
-            else:
-                fidelity, memorization, closest_pairs = fidelity_and_memorization(
+            stored = self.stages.load("fidelity", fidelity_inputs, shared=True)
+            if stored is None or "closest" not in stored:
+                fidelity, memorization, closest = fidelity_and_memorization(
                     extractor, extractor_context, train_pool, test, synthetic, config.seed, self.progress,
                     cache_dir=self.cache / "features",
                 )
                 fidelity["resize"] = RESIZE_METHOD
-                self.save_grids(train_pool, synthetic, closest_pairs)
-                self.stages.save("fidelity", fidelity_inputs, {"fidelity": fidelity, "memorization": memorization})
+                stored = self.stages.save("fidelity", fidelity_inputs,
+                                          {"fidelity": fidelity, "memorization": memorization, "closest": closest},
+                                          shared=True)
+            elif "fidelity" in self.stages.shared_hits:
+                self.progress.log(f"FID {stored['fidelity']['fid']:.3f} and the other fidelity figures from the cache")
+                self.stages.save("fidelity", fidelity_inputs, stored)
+            fidelity, memorization = stored["fidelity"], stored["memorization"]
+            if not (self.run_dir / "samples.png").is_file():
+                self.save_grids(train_pool, synthetic, closest_rows(stored["closest"], synthetic, train_pool))
 
         # 7. arms × seeds, one shared real test set
         with self.timed("classify"):

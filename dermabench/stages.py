@@ -9,6 +9,12 @@ atomically, so a run killed mid-write leaves either the old state or the new one
 Long stages with their own state resume inside the stage instead: generation in
 shards (`generation.py`), generator fine-tuning from its checkpoints (the
 generator's `work_dir`).
+
+Stages whose output is fully determined by their inputs (captions, fidelity) are
+also kept in `<out>/.cache/stages/<name>-<key>.json`, keyed by the inputs and
+what the run folder implies (seed, profile, device, datasets, image size,
+dermabench's version), so that another run — `--force`, or a second generator on
+the same split — reads them instead of computing them again.
 """
 
 from __future__ import annotations
@@ -30,36 +36,64 @@ def inputs_hash(inputs: Any) -> str:
 
 
 class Stages:
-    """The records of one run's finished stages."""
+    """The records of one run's finished stages; `shared`: the folder of records other runs may reuse."""
 
-    def __init__(self, run_dir: Path) -> None:
+    def __init__(self, run_dir: Path, shared: Path | None = None, identity: dict | None = None) -> None:
         self.folder = Path(run_dir) / "stages"
+        self.shared = shared
+        #: what the run folder implies, added to a shared record's key (the run's own records need none)
+        self.identity = identity or {}
         self.reused: list[str] = []
+        #: stages read from another run's shared record
+        self.shared_hits: list[str] = []
 
     def _path(self, name: str) -> Path:
-        return self.folder / f"{name.replace('+', '-').replace('/', '-')}.json"
+        return self.folder / f"{_file_name(name)}.json"
 
-    def load(self, name: str, inputs: Any, reuse: bool = True) -> Any | None:
+    def _shared_path(self, name: str, inputs: Any) -> Path:
+        assert self.shared is not None
+        return self.shared / f"{_file_name(name)}-{inputs_hash({'inputs': inputs, **self.identity})[:32]}.json"
+
+    def load(self, name: str, inputs: Any, reuse: bool = True, shared: bool = False) -> Any | None:
         """The stored output of `name` if it finished with these inputs, else None.
 
         `reuse=False`: reading back what this run just wrote, not resuming (not counted in `reused`).
+        `shared`: failing this run's own record, another run's shared record of the same inputs.
         """
-        path = self._path(name)
-        if not path.is_file():
-            return None
-        try:
-            record = json.loads(path.read_text())
-        except (OSError, ValueError):
-            return None  # a damaged record is recomputed
-        if record.get("inputs") != inputs_hash(inputs):
-            return None
-        if reuse:
-            self.reused.append(name)
-        return record["output"]
+        output = _read(self._path(name), inputs_hash(inputs))
+        if output is not None:
+            if reuse:
+                self.reused.append(name)
+            return output
+        if shared and self.shared is not None:
+            output = _read(self._shared_path(name, inputs), inputs_hash(inputs))
+            if output is not None:
+                self.shared_hits.append(name)
+                return output
+        return None
 
-    def save(self, name: str, inputs: Any, output: Any) -> Any:
-        write_json_atomic(self._path(name), {"stage": name, "inputs": inputs_hash(inputs), "output": output})
+    def save(self, name: str, inputs: Any, output: Any, shared: bool = False) -> Any:
+        record = {"stage": name, "inputs": inputs_hash(inputs), "output": output}
+        write_json_atomic(self._path(name), record)
+        if shared and self.shared is not None:
+            write_json_atomic(self._shared_path(name, inputs), record)
         return output
+
+
+def _file_name(name: str) -> str:
+    return name.replace("+", "-").replace("/", "-")
+
+
+def _read(path: Path, inputs: str) -> Any | None:
+    if not path.is_file():
+        return None
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None  # a damaged record is recomputed
+    if not isinstance(record, dict) or record.get("inputs") != inputs or "output" not in record:
+        return None
+    return record["output"]
 
 
 class RunLock:

@@ -260,15 +260,18 @@ class TrainedGenerator(dermabench.Generator):
         return self._model_info
 
     def cache_key(self) -> dict[str, Any]:
-        import diffusers
+        from importlib.metadata import version
+
         import torch
 
+        # diffusers' version from its metadata (the same string as diffusers.__version__): importing diffusers
+        # costs seconds, and with a model folder and every image cached nothing else in a run needs it
         return {
             **self._key_fields(),
             "model": self.model_identity(),
             "lora": sha256_file(self._lora_file()) if self.config["lora"] is not None else None,
             "options": self.resolved(None),
-            "diffusers": diffusers.__version__,
+            "diffusers": version("diffusers"),
             "torch": torch.__version__,
         }
 

@@ -67,6 +67,20 @@ def test_kid_matches_numpy_mmd_on_full_sets_and_on_subsets():
     assert got["kid_std"] == pytest.approx(np.std(ref), rel=1e-6)
 
 
+def test_kid_equals_torch_fidelitys_own_subset_loop():
+    # the kernels are computed once and indexed per subset: the subsets, the estimator and the numbers stay
+    # torch-fidelity's
+    import torch
+    from torch_fidelity.metric_kid import kid_features_to_metric
+
+    real, synth = _gaussians(n1=160, n2=130)
+    got = kid(real, synth, subset_size=90, subsets=12, seed=7)
+    ref = kid_features_to_metric(torch.from_numpy(synth), torch.from_numpy(real), kid_subsets=12,
+                                 kid_subset_size=90, rng_seed=7, verbose=False)
+    assert got["kid_mean"] == pytest.approx(ref["kernel_inception_distance_mean"], rel=1e-9)
+    assert got["kid_std"] == pytest.approx(ref["kernel_inception_distance_std"], rel=1e-9)
+
+
 def test_kid_adapts_subset_size_to_small_n_and_records_it():
     real, synth = _gaussians(n1=60, n2=45)
     out = fidelity_metrics(real, synth)

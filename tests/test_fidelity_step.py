@@ -6,7 +6,7 @@ from PIL import Image, ImageDraw, ImageFilter
 
 import dermabench
 from dermabench.api import LABEL_NAMES, Progress, RunContext, Sample
-from dermabench.fidelity_step import fidelity_and_memorization
+from dermabench.fidelity_step import closest_rows, fidelity_and_memorization
 from dermabench.metrics.fidelity import fidelity_metrics
 
 
@@ -155,10 +155,11 @@ def test_a_copying_generator_is_flagged_and_a_noise_generator_is_not(tmp_path):
 
     _, copied, closest = _step(extractor, (train, test, mirrored), tmp_path, image_size=64)
     assert copied["near_copy_rate"] > 0.5  # an honest generator lands near the 5 % quantile
-    # the closest-pairs grid shows each copy beside the train image it came from
-    pairs = dict(zip(map(id, closest[0][1]), closest[1][1]))
-    originals = {id(m.image): t.image for m, t in zip(mirrored, train)}
-    assert sum(pairs[key] is originals[key] for key in pairs) >= 0.75 * len(pairs)
+    # the closest-pairs grid shows each copy beside the train image it came from (mirrored[i] copies train[i])
+    pairs = list(zip(closest["synthetic"], closest["nearest_train"]))
+    assert sum(i == j for i, j in pairs) >= 0.75 * len(pairs)
+    rows = closest_rows(closest, mirrored, train)
+    assert [image for image in rows[1][1]] == [train[j].image for j in closest["nearest_train"]]
 
     fidelity, honest, _ = _step(extractor, (train, test, noise), tmp_path, image_size=64)
     assert honest["near_copy_rate"] < 0.1

@@ -112,6 +112,25 @@ def test_another_run_over_the_same_images_reuses_the_classifier_fits_and_nothing
     assert len(fits) == 6
 
 
+def test_force_reads_captions_and_fidelity_that_another_run_computed(tmp_path, monkeypatch):
+    """<out>/.cache/stages: a --force re-run captions nothing and computes no fidelity metric, yet writes the same
+    result and its own grids; a run with another seed computes both again."""
+    from dermabench import plugins, protocol
+
+    config = smoke(tmp_path, generator="augment", arms="real,synthetic")
+    first = json.loads(run(config).read_text())
+    calls = []
+    captioner = plugins.get("captioner", config.captioner).cls
+    caption, fidelity = captioner.caption, protocol.fidelity_and_memorization
+    monkeypatch.setattr(captioner, "caption", lambda self, *a: calls.append("captions") or caption(self, *a))
+    monkeypatch.setattr(protocol, "fidelity_and_memorization", lambda *a, **k: calls.append("fidelity") or fidelity(*a, **k))
+    again = run(smoke(tmp_path, generator="augment", arms="real,synthetic"), force=True)
+    assert calls == [] and comparable(json.loads(again.read_text())) == comparable(first)
+    assert (again.parent / "samples.png").is_file() and (again.parent / "closest_pairs.png").is_file()
+    run(smoke(tmp_path, generator="augment", arms="real,synthetic", seed=1))
+    assert calls == ["captions", "fidelity"]
+
+
 def test_a_run_in_progress_is_locked(tmp_path):
     config = smoke(tmp_path)
     busy = Run(config)
