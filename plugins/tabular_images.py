@@ -212,14 +212,15 @@ def scan(root: Path, images: bool = True, csv_depth: int | None = CSV_SEARCH_DEP
         dirnames[:] = sorted(d for d in dirnames if not _skip_name(d))
         if not images and csv_depth is not None and depth >= csv_depth:
             dirnames[:] = []
+        folder = Path(dirpath)  # each file's Path joined onto it parses only the file name
         for name in filenames:
             if _skip_name(name):
                 continue
             suffix = os.path.splitext(name)[1].lower()
             if images and suffix in IMAGE_SUFFIXES:
-                found_images.append((prefix + name, Path(dirpath, name)))
+                found_images.append((prefix + name, folder / name))
             elif suffix == ".csv" and (csv_depth is None or depth <= csv_depth):
-                found_csvs.append((prefix + name, Path(dirpath, name)))
+                found_csvs.append((prefix + name, folder / name))
     tree.images = [path for _, path in sorted(found_images, key=lambda pair: pair[0])]
     tree.csvs = [path for _, path in sorted(found_csvs, key=lambda pair: pair[0])]
     return tree
