@@ -7,6 +7,8 @@ antialiased bicubic to the run's image size.
 
 from __future__ import annotations
 
+import contextlib
+import gc
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
@@ -64,8 +66,32 @@ class DataReport:
         }
 
 
+@contextlib.contextmanager
+def collector_paused():
+    """Python's cyclic garbage collector off for a bulk load, back on after (if it was on).
+
+    A load keeps every object it makes (images, samples, metadata), so the collector finds nothing to
+    free, yet each of its full passes walks every object the process holds: with torch, diffusers and
+    timm imported that made a cached 10,000-image load up to 1.8× slower and its time erratic.
+    """
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
 def normalise_samples(samples: Iterable[Sample], size: int, source: str) -> tuple[list[Sample], DataReport]:
-    """Validate every sample; return the usable ones at `size` and a report of what was done."""
+    """Validate every sample; return the usable ones at `size` and a report of what was done.
+
+    The dataset's iterator runs here, with the garbage collector paused (`collector_paused`)."""
+    with collector_paused():
+        return _normalise(samples, size, source)
+
+
+def _normalise(samples: Iterable[Sample], size: int, source: str) -> tuple[list[Sample], DataReport]:
     report = DataReport()
     kept: list[Sample] = []
     for index, sample in enumerate(samples):

@@ -867,3 +867,28 @@ def test_bad_input_through_the_cli_exits_2_in_one_line_and_loses_nothing(row, ea
     after = snapshot(out)
     assert {name: after.get(name) for name in before} == before  # every earlier file, byte for byte
     assert not [name for name in after if name.startswith(".cache/generated/") and name.endswith(".npz")]
+
+
+def test_loading_pauses_the_garbage_collector_and_restores_it_even_when_a_dataset_fails():
+    import gc
+
+    seen = []
+
+    def samples(fail: bool):
+        seen.append(gc.isenabled())
+        yield dermabench.Sample(Image.new("RGB", (8, 8)), 0)
+        if fail:
+            raise OSError("the disk went away")
+
+    assert gc.isenabled()
+    kept, _ = normalise_samples(samples(fail=False), 8, "test")
+    assert len(kept) == 1 and seen == [False] and gc.isenabled()
+    with pytest.raises(OSError, match="disk went away"):
+        normalise_samples(samples(fail=True), 8, "test")
+    assert seen == [False, False] and gc.isenabled()
+    gc.disable()  # a caller that had it off keeps it off
+    try:
+        normalise_samples(samples(fail=False), 8, "test")
+        assert not gc.isenabled()
+    finally:
+        gc.enable()
