@@ -88,9 +88,7 @@ class ImageCache:
                 self._known = json.loads(self._digests_file.read_text())
             except (OSError, ValueError):
                 self._known = {}  # none yet, or damaged: every file is hashed
-        key = os.fspath(path)
-        if not os.path.isabs(key) or "/." in key or "//" in key:  # most paths come absolute and normal already
-            key = os.path.abspath(key)
+        key = os.path.abspath(path)
         info = os.stat(key)
         signature = [info.st_size, info.st_mtime_ns, info.st_ctime_ns, info.st_ino]
         known = self._known.get(key)

@@ -325,7 +325,6 @@ class Run:
                                           shared=True)
             elif "fidelity" in self.stages.shared_hits:
                 self.progress.log(f"FID {stored['fidelity']['fid']:.3f} and the other fidelity figures from the cache")
-                self.stages.save("fidelity", fidelity_inputs, stored)
             fidelity, memorization = stored["fidelity"], stored["memorization"]
             if not (self.run_dir / "samples.png").is_file():
                 self.save_grids(train_pool, synthetic, closest_rows(stored["closest"], synthetic, train_pool))
