@@ -52,7 +52,9 @@ def collect(groups: tuple[str, ...], smoke: bool, repeats: int, log: Path) -> It
     if "scaling" in groups and not smoke:
         yield end_to_end.scaling([], (1, 2, 4), log)
     if "data-loading" in groups:
-        yield data_loading.run(repeats=repeats, n_phantom=24 if smoke else 400, use_ham10000=not smoke)
+        # a ratio of two noisy times that costs ≈ 10 s a pair: five pairs at least
+        yield data_loading.run(repeats=repeats if smoke else max(repeats, 5), n_phantom=24 if smoke else 400,
+                               use_ham10000=not smoke)
     if "gpu" in groups:
         # the tiny models and classifiers on the GPU, then the full-size generators with random weights
         yield generation_overhead.run(n_images=8 if smoke else 64, repeats=repeats, device="cuda", group="gpu")

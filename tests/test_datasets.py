@@ -733,3 +733,17 @@ def test_a_pack_without_its_index_is_ignored(tmp_path):
     cache = ImageCache(tmp_path / "cache", 16)
     normalised(root, 16, cache)
     assert (cache.hits, cache.misses) == (0, 11)
+
+
+def test_read_table_pads_short_rows_skips_blank_lines_and_drops_extra_cells(tmp_path):
+    path = tmp_path / "meta.csv"
+    path.write_text("\ufeffImage_ID , dx,Age\n a1 ,mel, 40\n\n , ,\nb2,nv\nc3,bkl,50,surplus\n", encoding="utf-8")
+    table = tabular_images.read_table("dataset 'x'", path)
+    assert table.columns == ["image_id", "dx", "age"]
+    assert table.rows == [
+        (2, {"image_id": "a1", "dx": "mel", "age": "40"}),
+        (5, {"image_id": "b2", "dx": "nv", "age": ""}),
+        (6, {"image_id": "c3", "dx": "bkl", "age": "50"}),
+    ]
+    named = tabular_images.read_table("dataset 'x'", path, columns=["a", "b"])
+    assert named.rows[0] == (1, {"a": "Image_ID", "b": "dx"})
