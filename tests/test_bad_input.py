@@ -472,6 +472,10 @@ def nan_loss_classifier(tmp_path):
     blows_up_at(3, float("nan"))(epochs=1, epoch_size=32, batch_size=8).fit(toy(16), toy(8, 1), ctx())
 
 
+def nan_loss_in_the_second_epoch(tmp_path):
+    blows_up_at(6, float("nan"))(epochs=2, epoch_size=32, batch_size=8).fit(toy(16), toy(8, 1), ctx())
+
+
 def inf_logits_classifier(tmp_path):
     blows_up_at(2, float("inf"))(epochs=1, epoch_size=32, batch_size=8).fit(toy(16), toy(8, 1), ctx())
 
@@ -639,6 +643,8 @@ REFUSED = [
     # non-finite loss while training
     Row("nan-loss-classifier", nan_loss_classifier,
         r"^classifier 'blows-up': the training loss became nan at step 3 of 4 \(epoch 1\); lower the learning rate"),
+    Row("nan-loss-classifier-second-epoch", nan_loss_in_the_second_epoch,
+        r"^classifier 'blows-up': the training loss became nan at step 6 of 8 \(epoch 2\); lower the learning rate"),
     Row("inf-logits-classifier", inf_logits_classifier,
         r"^classifier 'blows-up': the training loss became (nan|inf) at step 2 of 4 \(epoch 1\)"),
     Row("nan-loss-generator-training", nan_loss_generator_training,

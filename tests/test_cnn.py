@@ -302,3 +302,17 @@ def test_a_killed_fit_resumes_after_its_last_checkpoint_with_the_same_weights(da
     assert np.array_equal(resumed.predict_proba(images(data["test"]), context("killed")), expected)
     assert [r["train_loss"] for r in resumed.history] == [r["train_loss"] for r in whole.history]
     assert resumed.best_epoch_ == whole.best_epoch_
+
+
+def test_a_fit_without_a_checkpoint_does_not_hash_its_data(data, tmp_path, monkeypatch):
+    # the fingerprint (a hash of every training and validation pixel) is for resuming only
+    def refuse(*args, **kwargs):
+        raise AssertionError("the data was hashed")
+
+    monkeypatch.setattr(CNNClassifier, "_fingerprint", refuse)
+    clf = CNNClassifier(**FAST)
+    clf.fit(data["train"], data["val"], dermabench.RunContext(seed=0, image_size=SIZE, work_dir=tmp_path))
+    assert clf.steps_done_ > 0
+    with pytest.raises(AssertionError, match="hashed"):  # a checkpoint to save needs it
+        CNNClassifier(**FAST, checkpoint_minutes=0).fit(
+            data["train"], data["val"], dermabench.RunContext(seed=0, image_size=SIZE, work_dir=tmp_path / "c"))
