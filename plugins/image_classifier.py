@@ -54,7 +54,8 @@ Everything else is here, identical for every arm and seed:
   augmentation) comes from seeds derived from `context.seed`; the global torch RNG
   of the host is left untouched (`torch.random.fork_rng`). The same seed gives
   bit-identical probabilities on the same machine and thread count.
-* A non-finite loss raises `PluginError` naming the step (lower `lr`).
+* A non-finite loss raises `PluginError` naming the first such step (lower `lr`); it is checked at
+  the end of each epoch, so that a CUDA step never waits for the host.
 * **Resume.** At the end of an epoch, when `checkpoint_minutes` passed since the last
   save, the whole training state (model, optimizer, schedule, best state, history,
   every RNG and the rest of the current shuffled pass) is saved to
@@ -432,7 +433,7 @@ class TorchImageClassifier(dermabench.Classifier):
             self.stopped_early_ = False
             stale, step, first_epoch = 0, 0, 1
             checkpoint = Path(context.work_dir) / CHECKPOINT_FILE
-            # hashing the data costs ≈ 0.15 s per 1,000 images at 224 px (a GPU epoch of the small cnn is
+            # hashing the data costs 0.1–0.25 s per 1,000 images at 224 px (a GPU epoch of the small cnn is
             # 0.3 s), and only a checkpoint to resume or to save needs it
             fingerprint = functools.cache(lambda: self._fingerprint(x_train, labels, x_val, y_val, context))
             saved = _load_checkpoint(checkpoint, fingerprint)
