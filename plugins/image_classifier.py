@@ -55,7 +55,7 @@ Everything else is here, identical for every arm and seed:
   of the host is left untouched (`torch.random.fork_rng`). The same seed gives
   bit-identical probabilities on the same machine and thread count.
 * A non-finite loss raises `PluginError` naming the first such step (lower `lr`); it is checked at
-  the end of each epoch, so that a CUDA step never waits for the host.
+  the end of each epoch, so that on CUDA the host does not wait for the GPU at every step.
 * **Resume.** At the end of an epoch, when `checkpoint_minutes` passed since the last
   save, the whole training state (model, optimizer, schedule, best state, history,
   every RNG and the rest of the current shuffled pass) is saved to
