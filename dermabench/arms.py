@@ -77,6 +77,10 @@ def build_arms(run: Run, train_pool: Sequence[Sample], synthetic: Sequence[Sampl
     return {arm: [replace(s, caption="") for s in samples] for arm, samples in arms.items()}
 
 
+def _uses_synthetic(train: Sequence[Sample]) -> bool:
+    return any(s.meta.get("synthetic") for s in train)
+
+
 def check_probabilities(p: object, n: int, name: str) -> np.ndarray:
     try:
         array = np.asarray(p, dtype=np.float64).reshape(-1)
@@ -91,9 +95,9 @@ def check_probabilities(p: object, n: int, name: str) -> np.ndarray:
 
 def shared_record(run: Run, inputs: dict, seed: int) -> Path:
     """Where one arm × seed's test probabilities are kept across runs. Besides the stage's inputs (classifier
-    plugin and version, options, image size, the train/val/test image ids, the synthetic images' cache key,
-    which pins the dataset, its options and folder, the prompts and the image size), the key holds what a run
-    folder implies (`Run.shared_identity`) with this arm's seed."""
+    plugin and version, options, image size, the train/val/test image ids and, for arms with synthetic images,
+    the synthetic images' cache key, which pins the generator, the prompts and the image size), the key holds
+    what a run folder implies and the data's fingerprint (`Run.shared_identity`) with this arm's seed."""
     key = inputs_hash({**inputs, **run.shared_identity(), "seed": seed})
     return run.cache / "arms" / f"{run.config.classifier}-{key}.json"
 
@@ -129,7 +133,15 @@ def train_arms(
     run.instantiate("classifier", config.classifier, options)  # records the plugin; cheap: models build in fit
     common = {**(stage_inputs or {}), "classifier": run.plugin_info["classifier"], "options": options,
               "image_size": config.image_size}  # fmt: skip
-    inputs = {(arm, seed): {**common, "train": [s.meta["image_id"] for s in arms[arm]]} for arm, seed in jobs}
+    # an arm without synthetic images (`real`) does not depend on the generator: every generator's run over the
+    # same split shares its records, so all of them are compared with the very same `real` baseline
+    inputs = {
+        (arm, seed): {
+            **{k: v for k, v in common.items() if k != "synthetic" or _uses_synthetic(arms[arm])},
+            "train": [s.meta["image_id"] for s in arms[arm]],
+        }
+        for arm, seed in jobs
+    }
     probabilities: dict[str, list[np.ndarray]] = {arm: [] for arm in arms}
     # with several processes, each trains its share of the jobs and they meet in the stage records
     for arm, seed in run.processes.mine(jobs):

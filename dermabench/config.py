@@ -237,4 +237,17 @@ def validate(config: RunConfig) -> RunConfig:
         value = getattr(config, key)
         if value is not None and not Path(value).exists():
             raise DermabenchError(f"--{key.replace('_', '-')} does not exist: {value}")
+    # absolute, so a run's identity (its folder name, the cache keys) names the folder wherever it was started
+    config = dataclasses.replace(
+        config, **{key: str(Path(getattr(config, key)).resolve()) for key in ("data_dir", "test_data_dir")
+                   if getattr(config, key) is not None}
+    )  # fmt: skip
+    if (config.test_dataset, dict(config.test_dataset_options), config.test_data_dir) == (
+        config.dataset, dict(config.dataset_options), config.data_dir
+    ):
+        raise DermabenchError(
+            f"--test-dataset '{config.test_dataset}' is the training dataset itself (same options and folder): "
+            "its test images would be images the classifier trained on; leave --test-dataset out to test on "
+            "a held-out split of it"
+        )
     return config

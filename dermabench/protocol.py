@@ -34,6 +34,7 @@ from dermabench.metrics.classification import evaluate_arms
 from dermabench.metrics.subgroups import evaluate_subgroups
 from dermabench.near_duplicates import find_near_duplicates
 from dermabench.prompts import make_prompts
+from dermabench.data_fingerprint import copies_of, data_fingerprint, image_digest
 from dermabench.results import PROTOCOL, RESULT_FILE, SCHEMA_VERSION, environment, git_commit, write_json_atomic
 from dermabench.splits import group_of, load_or_make_split
 from dermabench.processes import Processes
@@ -73,7 +74,10 @@ class Run:
             while (self.out / self.run_id).exists():
                 self.run_id, number = f"{base}-{number}", number + 1
         self.run_dir = self.out / self.run_id
-        self.stages = Stages(self.run_dir, shared=self.cache / "stages", identity=self.shared_identity())
+        #: part of the key of every stage record and every cache other runs may reuse; `_execute` adds the
+        #: data's fingerprint once it is loaded
+        self.identity = self._identity()
+        self.stages = Stages(self.run_dir, shared=self.cache / "stages", identity=self.identity)
         #: True when execute() found the run finished before and only reported it
         self.already_finished = False
         self.timings: dict[str, float] = dict.fromkeys(("fit_generator", "generate", "fidelity", "classify"), 0.0)
@@ -81,17 +85,21 @@ class Run:
 
     # -- plumbing -------------------------------------------------------------------------------------------------
 
-    def shared_identity(self) -> dict[str, Any]:
-        """What a run folder implies beyond a stage's own inputs: part of the key of every record that other
-        runs may reuse (`<out>/.cache/stages`, `<out>/.cache/arms`)."""
+    def _identity(self) -> dict[str, Any]:
         config = self.config
         return {
-            "seed": config.seed, "profile": config.profile, "device": str(self.device),
+            # the device's kind, not its index: the processes of one run (cuda:0, cuda:1, ...) share records
+            "seed": config.seed, "profile": config.profile, "device": self.device.split(":")[0],
             "image_size": config.image_size,
             "dataset": [config.dataset, dict(config.dataset_options), config.data_dir],
             "test_dataset": [config.test_dataset, dict(config.test_dataset_options), config.test_data_dir],
-            "dermabench": dermabench.__version__,
+            "dermabench": dermabench.__version__, "protocol": PROTOCOL["version"],
         }  # fmt: skip
+
+    def shared_identity(self) -> dict[str, Any]:
+        """What a run folder implies beyond a stage's own inputs, and the fingerprint of the data once loaded:
+        part of the key of every record that other runs may reuse (`<out>/.cache/stages`, `<out>/.cache/arms`)."""
+        return dict(self.identity)
 
     def context(self, kind: str, name: str, options: dict, **overrides: Any) -> RunContext:
         work_dir = self.cache / "plugins" / f"{kind}-{name}-{options_hash(options)}"
@@ -191,10 +199,18 @@ class Run:
                     "test_dataset", config.test_dataset, config.test_data_dir, dict(config.test_dataset_options)
                 )
 
+            # every cache is keyed by what the data holds, not only by its image ids (data_fingerprint.py)
+            digests = [image_digest(s) for s in samples]
+            self.identity["data"] = data_fingerprint(samples, digests)
+            if test_samples is not None:
+                test_digests = [image_digest(s) for s in test_samples]
+                self.identity["test_data"] = data_fingerprint(test_samples, test_digests)
+
         # 2. grouped, stratified split, saved as a manifest and reused
         with self.timed("split"):
             split_key = options_hash(
                 {
+                    "data": self.identity["data"],
                     "dataset": config.dataset,
                     "options": dict(config.dataset_options),
                     "data_dir": str(Path(config.data_dir).resolve()) if config.data_dir else None,
@@ -215,7 +231,21 @@ class Run:
             write_json_atomic(self.run_dir / "split.json", split.to_manifest([s.label for s in samples]))
             train_pool = [samples[i] for i in split.indices("train")]
             val = [samples[i] for i in split.indices("val")]
-            test = test_samples if test_samples is not None else [samples[i] for i in split.indices("test")]
+            if test_samples is None:
+                held_out = split.indices("test")
+                candidates, test_digests = [samples[i] for i in held_out], [digests[i] for i in held_out]
+            else:
+                candidates = test_samples
+            # a test image identical to one the classifier or generator may train on measures nothing
+            seen = [digests[i] for name in ("train", "val") for i in split.indices(name)]
+            copies = set(copies_of(test_digests, seen))
+            test = [s for i, s in enumerate(candidates) if i not in copies]
+            if copies:
+                first = candidates[min(copies)].meta["image_id"]
+                self.progress.log(
+                    f"warning: {len(copies)} test image(s) are pixel-for-pixel copies of train/validation images "
+                    f"(first: {first}); they are left out of the test set"
+                )
             test_groups = [group_of(s, i) for i, s in enumerate(test)]
             parts = {"train_pool": train_pool, "val": val, "test": test}
             ids = {name: [s.meta["image_id"] for s in part] for name, part in parts.items()}
@@ -258,6 +288,10 @@ class Run:
         generator_context = self.context("generator", config.generator, generator_options)
         prompts = make_prompts(train_pool, config.n_synthetic, config.seed, config.prompt_balance)
         key_parts = {
+            "data": self.identity["data"],
+            # a generator's fit depends on the profile (its training budget) and the device (bf16 on a GPU)
+            "profile": config.profile,
+            "device": self.device.split(":")[0],
             "generator": config.generator,
             "version": self.plugin_info["generator"]["version"],
             "options": generator_options,
@@ -380,6 +414,7 @@ class Run:
                 "n_val": len(val),
                 "n_test": len(test),
                 "n_test_lesions": len(set(test_groups)),
+                "test_copies_removed": len(copies),
                 "rejected_images": data_report["rejected_images"]
                 + (test_report["rejected_images"] if test_samples is not None else 0),
                 "converted_images": data_report["converted_images"],

@@ -22,7 +22,7 @@ from dermabench.errors import DermabenchError, storage_errors
 
 SCHEMA_VERSION = 1
 RESULT_FILE = "result.json"
-PROTOCOL = {"name": "real-vs-synthetic", "version": 1}
+PROTOCOL = {"name": "real-vs-synthetic", "version": 2}
 REQUIRED_KEYS = (
     "schema_version", "run_id", "created", "dermabench_version", "git_commit", "protocol", "profile",
     "config", "plugins", "data", "fidelity", "memorization", "arms", "timings_s", "environment",

@@ -111,9 +111,11 @@ def load_or_make_split(
     image_ids = [str(s.meta.get("image_id", i)) for i, s in enumerate(samples)]
     if path.is_file():
         manifest = json.loads(path.read_text())["images"]
-        if [row["image_id"] for row in manifest] != image_ids:
+        # a lesion id or label fixed since would otherwise put one lesion on two sides, or unbalance the split
+        current = [(image_id, group_of(s, i), int(s.label)) for i, (image_id, s) in enumerate(zip(image_ids, samples))]
+        if [(row["image_id"], row["group"], row["label"]) for row in manifest] != current:
             raise DermabenchError(
-                f"split manifest {path} was made for a different set of images; "
+                f"split manifest {path} was made for different images, lesion ids or labels; "
                 "the dataset changed since — delete the manifest to make a new split"
             )
         return Split(

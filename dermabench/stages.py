@@ -11,10 +11,13 @@ shards (`generation.py`), generator fine-tuning from its checkpoints (the
 generator's `work_dir`).
 
 Stages whose output is fully determined by their inputs (captions, fidelity) are
-also kept in `<out>/.cache/stages/<name>-<key>.json`, keyed by the inputs and
-what the run folder implies (seed, profile, device, datasets, image size,
-dermabench's version), so that another run — `--force`, or a second generator on
-the same split — reads them instead of computing them again.
+also kept in `<out>/.cache/stages/<name>-<key>.json`, so that another run —
+`--force`, or a second generator on the same split — reads them instead of
+computing them again. Every record's key, the run's own and the shared, holds the
+stage's inputs and the run's identity: what the run folder implies (seed, profile,
+device, datasets, image size, versions) and, once loaded, the fingerprint of the
+data itself (`data_fingerprint.py`), so a record made from other pixels, labels or
+lesion ids under the same image ids is never read back.
 """
 
 from __future__ import annotations
@@ -41,8 +44,9 @@ class Stages:
     def __init__(self, run_dir: Path, shared: Path | None = None, identity: dict | None = None) -> None:
         self.folder = Path(run_dir) / "stages"
         self.shared = shared
-        #: what the run folder implies, added to a shared record's key (the run's own records need none)
-        self.identity = identity or {}
+        #: what the run folder implies and the data's fingerprint, part of every record's key; the run
+        #: adds the fingerprint once the data is loaded, so this is the run's dict, not a copy
+        self.identity = identity if identity is not None else {}
         self.reused: list[str] = []
         #: stages read from another run's shared record
         self.shared_hits: list[str] = []
@@ -52,7 +56,10 @@ class Stages:
 
     def _shared_path(self, name: str, inputs: Any) -> Path:
         assert self.shared is not None
-        return self.shared / f"{_file_name(name)}-{inputs_hash({'inputs': inputs, **self.identity})[:32]}.json"
+        return self.shared / f"{_file_name(name)}-{self._key(inputs)[:32]}.json"
+
+    def _key(self, inputs: Any) -> str:
+        return inputs_hash({"inputs": inputs, **self.identity})
 
     def load(self, name: str, inputs: Any, reuse: bool = True, shared: bool = False) -> Any | None:
         """The stored output of `name` if it finished with these inputs, else None.
@@ -60,20 +67,21 @@ class Stages:
         `reuse=False`: reading back what this run just wrote, not resuming (not counted in `reused`).
         `shared`: failing this run's own record, another run's shared record of the same inputs.
         """
-        output = _read(self._path(name), inputs_hash(inputs))
+        key = self._key(inputs)
+        output = _read(self._path(name), key)
         if output is not None:
             if reuse:
                 self.reused.append(name)
             return output
         if shared and self.shared is not None:
-            output = _read(self._shared_path(name, inputs), inputs_hash(inputs))
+            output = _read(self._shared_path(name, inputs), key)
             if output is not None:
                 self.shared_hits.append(name)
                 return output
         return None
 
     def save(self, name: str, inputs: Any, output: Any, shared: bool = False) -> Any:
-        record = {"stage": name, "inputs": inputs_hash(inputs), "output": output}
+        record = {"stage": name, "inputs": self._key(inputs), "output": output}
         write_json_atomic(self._path(name), record)
         if shared and self.shared is not None:
             write_json_atomic(self._shared_path(name, inputs), record)

@@ -105,3 +105,26 @@ def test_fingerprint_ignores_output_folder_but_not_settings():
     a, b = RunConfig(out="x"), RunConfig(out="y")
     assert a.fingerprint() == b.fingerprint()
     assert RunConfig(seed=1).fingerprint() != a.fingerprint()
+
+
+def test_a_relative_data_dir_names_the_same_folder_wherever_the_run_starts(tmp_path, monkeypatch):
+    """Two folders both called `data`, reached from two working directories, are two runs, not one."""
+    for name in ("p1", "p2"):
+        (tmp_path / name / "data").mkdir(parents=True)
+    configs = []
+    for name in ("p1", "p2"):
+        monkeypatch.chdir(tmp_path / name)
+        other = {"seed": 1}  # another phantom: the training dataset itself is refused as the test dataset
+        configs.append(build_config(data_dir="data", test_dataset="phantom", test_data_dir="data",
+                                    test_dataset_options=other))  # fmt: skip
+    assert [c.data_dir for c in configs] == [str(tmp_path / "p1" / "data"), str(tmp_path / "p2" / "data")]
+    assert configs[0].test_data_dir == str(tmp_path / "p1" / "data")
+    assert configs[0].fingerprint() != configs[1].fingerprint()
+
+
+def test_the_training_dataset_itself_is_refused_as_the_test_dataset():
+    with pytest.raises(DermabenchError, match="--test-dataset 'phantom' is the training dataset itself"):
+        build_config(profile="smoke", dataset="phantom", test_dataset="phantom", test_dataset_options={"n": 500},
+                     dataset_options={"n": 500})  # fmt: skip
+    # other options (another seed): another dataset, allowed
+    build_config(dataset="phantom", test_dataset="phantom", test_dataset_options={"seed": 3})

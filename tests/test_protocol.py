@@ -28,7 +28,7 @@ def smoke_run(tmp_path_factory):
 def test_result_matches_the_contract(smoke_run):
     path, result = smoke_run
     validate_result(result)
-    assert result["protocol"] == {"name": "real-vs-synthetic", "version": 1}
+    assert result["protocol"] == {"name": "real-vs-synthetic", "version": 2}
     assert set(result["arms"]) == {"real", "real+synthetic", "synthetic"}
     real, mixed, synthetic = (result["arms"][arm] for arm in ("real", "real+synthetic", "synthetic"))
     assert (real["n_real"], real["n_synthetic"]) == (120, 0)

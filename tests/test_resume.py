@@ -7,11 +7,14 @@ import os
 import signal
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, ImageOps
+
+from in_test_plugins import registered_plugin
 
 import dermabench
 from dermabench import generation
@@ -108,8 +111,80 @@ def test_another_run_over_the_same_images_reuses_the_classifier_fits_and_nothing
     assert more_seeds["arms"]["real"]["auc"] != first["arms"]["real"]["auc"]  # a mean over two seeds now
     run(smoke(tmp_path, generator="augment", arms="real,synthetic", classifier_options={"epochs": "2"}))
     assert fits[2:] == [2, 2]
+    # another generator's images: the synthetic arm trains again; `real` does not depend on the generator,
+    # so every generator's row is compared with the very same real baseline
     run(smoke(tmp_path, generator="augment", arms="real,synthetic", generator_options={"jitter": "0.1"}))
-    assert len(fits) == 6
+    assert len(fits) == 5
+
+
+class ChangingPhantom(dermabench.Dataset):
+    """The phantom dataset, whose pixels or labels a test changes under the same image ids and options."""
+
+    name = "changing-phantom"
+    change = "none"
+
+    def __init__(self, data_dir=None, **options):
+        from dermabench_plugins.phantom import PhantomDataset
+
+        self.phantom = PhantomDataset(**options)
+
+    def samples(self):
+        for sample in self.phantom.samples():
+            if ChangingPhantom.change == "pixels":
+                sample = replace(sample, image=ImageOps.mirror(sample.image))
+            elif ChangingPhantom.change == "lesions":
+                sample = replace(sample, meta={**sample.meta, "lesion_id": f"fixed-{sample.meta['image_id']}"})
+            yield sample
+
+
+@pytest.fixture
+def changing_phantom():
+    class Plugin:
+        @dermabench.hookimpl
+        def register_datasets(self, register):
+            register(ChangingPhantom)
+
+    with registered_plugin(Plugin(), "changing-phantom-test"):
+        yield ChangingPhantom
+    ChangingPhantom.change = "none"
+
+
+def test_data_changed_under_the_same_image_ids_is_computed_again(changing_phantom, tmp_path, monkeypatch):
+    """Caches are keyed by what the data holds: new pixels or lesion ids under the same ids and options miss
+    every shared cache (split, captions, generated images, fidelity, classifier fits) instead of reusing them."""
+    from dermabench import plugins, protocol
+    from dermabench_plugins.cnn import CNNClassifier
+
+    config = smoke(tmp_path, dataset="changing-phantom", dataset_options={"n": 500}, generator="augment",
+                   arms="real,synthetic")  # fmt: skip
+    first = json.loads(run(config).read_text())
+    calls = []
+    captioner = plugins.get("captioner", config.captioner).cls
+    caption, fidelity, fit = captioner.caption, protocol.fidelity_and_memorization, CNNClassifier.fit
+    monkeypatch.setattr(captioner, "caption", lambda self, *a: calls.append("captions") or caption(self, *a))
+    monkeypatch.setattr(protocol, "fidelity_and_memorization", lambda *a, **k: calls.append("fidelity") or fidelity(*a, **k))
+    monkeypatch.setattr(CNNClassifier, "fit", lambda self, *a: calls.append("fit") or fit(self, *a))
+    run(config, force=True)
+    assert calls == []  # the same data: everything from the caches
+    changing_phantom.change = "pixels"
+    mirrored = json.loads(run(config, force=True).read_text())
+    assert calls == ["captions", "fidelity", "fit", "fit"]
+    assert mirrored["fidelity"]["fid"] != first["fidelity"]["fid"]
+    changing_phantom.change = "lesions"  # every image its own lesion now: a new split, not the old manifest
+    calls.clear()
+    regrouped = run(config, force=True)
+    assert calls == ["captions", "fidelity", "fit", "fit"]
+    manifest = json.loads((regrouped.parent / "split.json").read_text())["images"]
+    assert {row["group"] for row in manifest} == {f"lesion_id:fixed-{row['image_id']}" for row in manifest}
+
+
+def test_a_test_image_identical_to_a_training_image_is_left_out(tmp_path):
+    """A test dataset that overlaps the training dataset: its pixel-for-pixel copies of train/val images are not
+    scored (phantom with n=500 and n=560 and one seed: the first 500 images are the same)."""
+    result = json.loads(run(smoke(tmp_path, test_dataset="phantom", test_dataset_options={"n": 560},
+                                  arms="real", generator="augment")).read_text())  # fmt: skip
+    removed = result["data"]["test_copies_removed"]
+    assert removed == 500 and result["data"]["n_test"] == 60
 
 
 def test_force_reads_captions_and_fidelity_that_another_run_computed(tmp_path, monkeypatch):

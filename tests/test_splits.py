@@ -4,6 +4,7 @@ import csv
 import json
 import os
 from collections import defaultdict
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -78,8 +79,21 @@ def test_manifest_is_saved_reused_and_checked(tmp_path):
     manifest["images"][0]["split"] = "val" if first.assignment[0] != "val" else "train"
     path.write_text(json.dumps(manifest))
     assert load_or_make_split(path, samples, 0, 0.2, 0.2, True).assignment[0] == manifest["images"][0]["split"]
-    with pytest.raises(DermabenchError, match="different set of images"):
+    with pytest.raises(DermabenchError, match="different images, lesion ids or labels"):
         load_or_make_split(path, samples[:-1], 0, 0.2, 0.2, True)
+
+
+def test_a_manifest_is_not_reused_once_a_lesion_id_or_label_changed(tmp_path):
+    samples = fixture_samples()
+    path = tmp_path / "split.json"
+    load_or_make_split(path, samples, 0, 0.2, 0.2, True)
+    # the same image ids: one image moved to another lesion, then one relabelled
+    moved = [replace(samples[0], meta={**samples[0].meta, "lesion_id": "a-lesion-fixed-since"}), *samples[1:]]
+    relabelled = [replace(samples[0], label=1 - samples[0].label), *samples[1:]]
+    for changed in (moved, relabelled):
+        with pytest.raises(DermabenchError, match="different images, lesion ids or labels"):
+            load_or_make_split(path, changed, 0, 0.2, 0.2, True)
+    assert load_or_make_split(path, samples, 0, 0.2, 0.2, True) is not None
 
 
 def test_too_few_lesions_is_a_clear_error():
