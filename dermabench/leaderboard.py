@@ -1,8 +1,8 @@
 """Leaderboards rendered from result JSON files alone; nothing is recomputed.
 
 Rows are grouped by what makes numbers comparable (dataset, test set, profile,
-image size, extractor, N real, N synthetic): a ranking never mixes FIDs computed
-with different backbones or sample sizes. Within a group, rows are sorted by the
+image size, extractor, N real, N synthetic, protocol version): a ranking never
+mixes FIDs computed with different backbones, sample sizes or definitions. Within a group, rows are sorted by the
 AUC gain of `real+synthetic` over `real`, and the best value of every metric
 column is marked (bold in markdown and LaTeX, a `best` field in CSV and JSON) —
 within its group only, and only where the group has two or more values.
@@ -24,7 +24,7 @@ from typing import Any
 from dermabench.config import PROFILES
 from dermabench.errors import DermabenchError, unknown_name
 
-GROUP_KEYS = ("dataset", "test_dataset", "profile", "image_size", "extractor", "n_real", "n_synthetic")
+GROUP_KEYS = ("dataset", "test_dataset", "profile", "image_size", "extractor", "n_real", "n_synthetic", "protocol")
 ARM_COLUMNS = ("real", "real+synthetic", "synthetic", "real+augment")
 IDENTITY_COLUMNS = ("run_id", "generator", "generator_options", "classifier", "classifier_options", "dataset",
                     "test_dataset", "profile", "image_size", "extractor", "n_real", "n_synthetic", "seed",
@@ -79,6 +79,7 @@ def row_of(result: dict) -> dict[str, Any]:
         "n_synthetic": config.get("n_synthetic"),
         "seed": config.get("seed"),
         "seeds": len(arms["real"]["seeds"]),
+        "protocol": (result.get("protocol") or {}).get("version"),
         **{key: fidelity.get(key) for key in RUN_METRICS if key != "near_copy_rate"},
         "near_copy_rate": (result.get("memorization") or {}).get("near_copy_rate"),
     }

@@ -141,6 +141,17 @@ def test_other_group_keys_separate_runs_too():
     assert len(json.loads(leaderboard.render(runs, "json"))) == 4
 
 
+def test_results_of_two_protocol_versions_are_never_ranked_together():
+    """Protocol 2 changed how relative FID and the CIs are computed: a v1 row is not a v2 row's rival."""
+    old, new = make_result("v1-run", fid=50.0), make_result("v2-run", fid=60.0)
+    new["protocol"] = {"name": "real-vs-synthetic", "version": 2}
+    groups = json.loads(leaderboard.render([old, new], "json"))
+    assert [(g["group"]["protocol"], [r["run_id"] for r in g["rows"]]) for g in groups] == [
+        (1, ["v1-run"]), (2, ["v2-run"])
+    ]
+    assert "protocol=2" in leaderboard.render([old, new], "md")
+
+
 def test_best_respects_direction_and_marks_ties():
     runs = [make_result("a", fid=50.0, auc=0.7), make_result("b", fid=40.0, auc=0.7), make_result("c", fid=60.0, auc=0.6)]
     rows = [leaderboard.row_of(r) for r in runs]
