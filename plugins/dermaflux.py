@@ -41,8 +41,9 @@ folder (``model=<that folder>`` loads it).
 **Caching.** A fit with the same model, LoRA file, training options and train
 pool (hash of every image, label and caption) reuses the weights saved under
 ``work_dir/fits/<key>/final``; a killed fit resumes from its last checkpoint.
-`cache_key()` gives the host the model identity (config hash or tiny spec), the
-LoRA file's SHA-256 and the resolved options, for its image cache.
+`cache_key(context)` gives the host the model identity (config hash or tiny spec), the
+LoRA file's SHA-256, the options resolved for the run (a tiny model's training
+budget follows the profile) and the device kind and weights dtype, for its image cache.
 
 **Determinism.** Each prompt gets its own ``torch.Generator`` seeded with
 ``prompt.seed`` (noise drawn on the CPU), so an image does not depend on its
@@ -222,13 +223,9 @@ class DermaFluxGenerator(TrainedGenerator):
             raise DermabenchError(f"generator '{self.name}': cannot load FLUX from {folder}: {exc}") from exc
 
     def _load_saved_pipeline(self, folder: Path, context: dermabench.RunContext) -> None:
-        """A fully trained pipeline, as `_save_trained` wrote it."""
-        import dermabench_plugins.flux_tiny  # noqa: F401 - from_pretrained finds DCTVAE only if imported
-        from diffusers import FluxPipeline
-
+        """A fully trained pipeline, as `_save_trained` wrote it (safetensors only, like every other load)."""
         device, dtype = self._device_dtype(context)
-        with quiet():
-            pipe = FluxPipeline.from_pretrained(folder, local_files_only=True, dtype=dtype)
+        pipe = self._from_pretrained(folder, dtype)  # safetensors only, like every other load
         pipe.to(device)
         self._setup(pipe)
 
@@ -296,13 +293,11 @@ class DermaFluxGenerator(TrainedGenerator):
         return RectifiedFlow(TimestepSampler(opts["timesteps"], opts["logit_mean"], opts["logit_std"]))
 
     def _conditioning(self, captions: list[str], storage, opts) -> tuple[dict, dict]:
-        """T5 sequence and CLIP pooled embeddings of the captions, and of the empty caption (caption dropout)."""
-        import torch
-
-        embeds = self._encode_prompts(captions + [""], opts)
-        prompt_embeds = torch.stack([embeds[c][0] for c in captions]).to("cpu", storage)
-        pooled = torch.stack([embeds[c][1] for c in captions]).to("cpu", storage)
-        null = {"prompt_embeds": embeds[""][0][None].cpu(), "pooled": embeds[""][1][None].cpu()}
+        """T5 sequence and CLIP pooled embeddings of the captions, one row per caption on the CPU, and of the
+        empty caption (caption dropout)."""
+        prompt_embeds, pooled = self._encode_rows(captions, storage, opts)
+        empty_embeds, empty_pooled = self._encode_rows([""], storage, opts)
+        null = {"prompt_embeds": empty_embeds, "pooled": empty_pooled}
         return {"prompt_embeds": prompt_embeds, "pooled": pooled}, null
 
 

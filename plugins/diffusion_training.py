@@ -15,8 +15,9 @@ Diffusion) is three things, and they are the seams here:
   `compute_density_for_timestep_sampling`).
 
 Everything else is here, once: cached latents and conditioning tensors (computed
-once by the caller), random flips / quarter turns of the latents (through a
-hook, as only some latent spaces flip with the image), AdamW (no weight
+once by the caller), random flips (exact flips / quarter turns of the tiny models'
+block-DCT latents through a hook, or VAE-encoded flipped copies of the images for
+a learned VAE, whose latents do not flip with the image: see `TrainingSet`), AdamW (no weight
 decay on biases and norms), linear warm-up then constant or cosine learning rate,
 gradient accumulation, gradient clipping, optional EMA of the trained weights,
 bf16 autocast on CUDA, `accelerate.Accelerator` (one CPU process here; DDP over
@@ -254,22 +255,58 @@ class Denoiser(ABC):
 
 @dataclass
 class TrainingSet:
-    """Cached training tensors: latents (N, ...) and conditioning tensors whose first dim is N."""
+    """Cached training tensors: latents (N, ...) and conditioning tensors whose first dim is N.
+
+    Flips (`TrainConfig.flip`) come from one of two places, never from transforming a learned VAE's latents
+    (FLUX's 16-channel, SD's 4-channel conv VAE: a flipped or turned latent is not the latent of the flipped
+    image, and the model would learn to denoise latents its VAE never makes):
+
+    * `augment`: a function that flips/turns a latent batch *exactly as the images*. Only a latent space
+      where this is exact may use it: the tiny models' block-DCT latents (`flux_tiny.DCTVAE.augment` goes
+      through pixels; exact, as the kept frequencies are closed under flips and quarter turns — tested);
+    * `variants`: latents of transformed images, encoded by the VAE itself (N, V, ...): e.g. V = 1, the
+      horizontally flipped image, as kohya's ``flip_aug`` caches it. Each drawn sample then takes its own
+      latent or one of its variants, uniformly. Costs V more encodes and V× the latents' memory.
+
+    With neither, `flip` does nothing. `dihedral_augment` may still be passed as `augment` by a caller whose
+    latents do flip with the image.
+    """
 
     latents: torch.Tensor
+    #: conditioning tensors: one row per latent, or one per `conditioning_index` value
     conditioning: dict[str, torch.Tensor] = field(default_factory=dict)
     #: per-sample conditioning used when a caption is dropped (classifier-free guidance training)
     null_conditioning: dict[str, torch.Tensor] | None = None
-    #: random flips/turns of a latent batch (`TrainConfig.flip`); None = `dihedral_augment` for 4-d latents.
-    #: Only correct for latents that flip with the image (a conv VAE's, approximately); a block-DCT
-    #: latent must be turned back into pixels first (see flux_tiny.DCTVAE.augment).
+    #: random flips/turns of a latent batch that are exact for this latent space (see above)
     augment: Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None = None
+    #: (N, V, ...) latents of V transformed copies of each image, encoded by the VAE (see above)
+    variants: torch.Tensor | None = None
+    #: (N,) row of `conditioning` for each latent: a caption shared by many images is stored once (FLUX's T5
+    #: output is 512 × 4096 per caption, 4 MiB in bf16); None = row i is latent i's
+    conditioning_index: torch.Tensor | None = None
 
     def __post_init__(self) -> None:
         n = len(self.latents)
-        for key, value in self.conditioning.items():
-            if len(value) != n:
-                raise ValueError(f"conditioning '{key}' has {len(value)} rows for {n} latents")
+        if self.conditioning_index is not None:
+            index = self.conditioning_index
+            if index.ndim != 1 or len(index) != n:
+                raise ValueError(f"conditioning_index has shape {tuple(index.shape)} for {n} latents")
+            rows = int(index.max()) + 1 if n else 0
+            for key, value in self.conditioning.items():
+                if len(value) < rows:
+                    raise ValueError(f"conditioning '{key}' has {len(value)} rows; the index needs {rows}")
+        else:
+            for key, value in self.conditioning.items():
+                if len(value) != n:
+                    raise ValueError(f"conditioning '{key}' has {len(value)} rows for {n} latents")
+        if self.variants is not None:
+            if len(self.variants) != n or self.variants.shape[2:] != self.latents.shape[1:]:
+                raise ValueError(
+                    f"variants have shape {tuple(self.variants.shape)} for latents {tuple(self.latents.shape)}; "
+                    "expected (N, V, *latent shape)"
+                )
+            if self.augment is not None:
+                raise ValueError("give augment or variants, not both")
 
     def __len__(self) -> int:
         return len(self.latents)
@@ -288,7 +325,7 @@ class TrainConfig:
     max_grad_norm: float = 1.0
     betas: tuple[float, float] = (0.9, 0.999)
     ema_decay: float = 0.0  # 0 = no EMA
-    flip: bool = True  # random flips and quarter turns of the latents
+    flip: bool = True  # random flips: `TrainingSet.augment` or `TrainingSet.variants` (nothing without either)
     caption_dropout: float = 0.0
     checkpoint_every: int = 500  # 0 = never
     keep_checkpoints: int = 2
@@ -537,10 +574,20 @@ def train(
         for micro in range(cfg.grad_accum):
             gen = torch.Generator().manual_seed(derive_seed(cfg.seed, "train-step", step, micro, process))
             idx = torch.randint(0, n, (cfg.batch_size,), generator=gen)
-            x0 = data.latents[idx].to(device_t, torch.float32)
-            if cfg.flip and (data.augment is not None or x0.ndim == 4):
-                x0 = (data.augment or dihedral_augment)(x0, gen)
-            cond = {k: v[idx].to(device_t) for k, v in data.conditioning.items()}
+            if cfg.flip and data.variants is not None:
+                # the image itself or one of its encoded variants (e.g. its mirror image), uniformly
+                pick = torch.randint(0, data.variants.shape[1] + 1, (cfg.batch_size,), generator=gen)
+                x0 = data.latents[idx].clone()
+                varied = (pick > 0).nonzero().flatten()
+                if len(varied):
+                    x0[varied] = data.variants[idx[varied], pick[varied] - 1]
+                x0 = x0.to(device_t, torch.float32)
+            else:
+                x0 = data.latents[idx].to(device_t, torch.float32)
+                if cfg.flip and data.augment is not None:
+                    x0 = data.augment(x0, gen)
+            rows = idx if data.conditioning_index is None else data.conditioning_index[idx]
+            cond = {k: v[rows].to(device_t) for k, v in data.conditioning.items()}
             if cfg.caption_dropout > 0 and data.null_conditioning is not None:
                 drop = torch.rand(cfg.batch_size, generator=gen) < cfg.caption_dropout
                 if drop.any():
@@ -581,7 +628,9 @@ def train(
     if not finished:
         save_checkpoint(end)  # a stopped run leaves a checkpoint to resume from
     module.eval()
-    _restore_forward(module)
+    # accelerate patches the forward of the model it is given, then wraps that model (DDP with several
+    # processes): the patch sits on the inner module, not on the wrapper `prepare` returned
+    _restore_forward(accelerator.unwrap_model(module))
     if finished and ema is not None:
         with torch.no_grad():
             for k, p in params.items():
@@ -599,7 +648,13 @@ def _restore_forward(module) -> None:
     Left in place, the pipeline hands fp32 latents to its bf16 VAE after a fit on a GPU (seen on an H200).
     Not `accelerator.unwrap_model(keep_fp32_wrapper=False)`: it peels off every `functools.wraps` layer of
     the forward, diffusers' own decorators (`apply_lora_scale`, which makes `lora_scale` work) included.
+    The patch is on the model given to `prepare`; with several processes `prepare` returns it wrapped in
+    DistributedDataParallel, so a DDP/DataParallel wrapper given here is looked through (`.module`).
     """
+    from torch.nn.parallel import DataParallel, DistributedDataParallel
+
+    while isinstance(module, (DistributedDataParallel, DataParallel)):
+        module = module.module
     original = vars(module).pop("_original_forward", None)
     if original is None:
         return

@@ -319,6 +319,10 @@ class DCTVAE(ModelMixin, ConfigMixin):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.decode(self.encode(x).latent_dist.mode()).sample
 
+    def is_normalized(self) -> bool:
+        """Whether `fit_normalization` has set the statistics (a fresh DCTVAE has mean 0 and std 1: identity)."""
+        return not (bool((self.mean == 0).all()) and bool((self.std == 1).all()))
+
     @torch.no_grad()
     def fit_normalization(self, images: torch.Tensor) -> None:
         """Centre each frequency on its train-pool mean and divide all by one common std (images in [-1, 1]).

@@ -58,7 +58,8 @@ Everything else is here, identical for every arm and seed:
   the end of each epoch, so that on CUDA the host does not wait for the GPU at every step.
 * **Resume.** At the end of an epoch, when `checkpoint_minutes` passed since the last
   save, the whole training state (model, optimizer, schedule, best state, history,
-  every RNG and the rest of the current shuffled pass) is saved to
+  every RNG — the CPU's and, on CUDA, the training device's, which dropout and
+  drop_path draw from there — and the rest of the current shuffled pass) is saved to
   `context.work_dir/fit-checkpoint.pt`, keyed by a hash of the data, settings and
   seed. A fit killed after that continues after the saved epoch and ends with the
   same weights as an uninterrupted one; the file goes once the fit is done.
@@ -241,6 +242,27 @@ def _save_checkpoint(path: Path, state: dict[str, Any]) -> None:
 
     with atomic_file(path) as handle:  # a failed write (a full disk) leaves no half checkpoint behind
         torch.save(state, handle)
+
+
+def _rng_states(device: str) -> dict[str, Any]:
+    """The global torch RNG streams a training step may draw from, for a checkpoint: the CPU's and, training on
+    CUDA, the training device's (dropout and drop_path on a GPU tensor draw from the CUDA generator)."""
+    import torch
+
+    states: dict[str, Any] = {"torch_rng": torch.get_rng_state()}
+    if str(device).startswith("cuda"):
+        states["cuda_rng"] = torch.cuda.get_rng_state(device)
+    return states
+
+
+def _set_rng_states(saved: dict[str, Any], device: str) -> None:
+    """Restore what `_rng_states` saved. A checkpoint written before the CUDA stream was saved, or on a CPU,
+    has no "cuda_rng": the device's stream is then left as the fit's seeding set it."""
+    import torch
+
+    torch.set_rng_state(saved["torch_rng"])
+    if str(device).startswith("cuda") and saved.get("cuda_rng") is not None:
+        torch.cuda.set_rng_state(saved["cuda_rng"], device)
 
 
 def _load_checkpoint(path: Path, fingerprint: Callable[[], str]) -> dict[str, Any] | None:
@@ -443,7 +465,7 @@ class TorchImageClassifier(dermabench.Classifier):
                 scheduler.load_state_dict(saved["scheduler"])
                 batches.load_state(saved["batches"])
                 aug_gen.set_state(saved["augment_rng"])
-                torch.set_rng_state(saved["torch_rng"])
+                _set_rng_states(saved, device)
                 best_state, best_score, stale, step = saved["best_state"], saved["best_score"], saved["stale"], saved["step"]
                 self.best_epoch_, self.best_step_, self.best_score_ = saved["best_epoch"], saved["best_step"], saved["best_score_"]
                 self.history = list(saved["history"])
@@ -506,7 +528,7 @@ class TorchImageClassifier(dermabench.Classifier):
                         "fingerprint": fingerprint(), "epoch": epoch, "step": step, "stale": stale,
                         "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                         "scheduler": scheduler.state_dict(), "batches": batches.state(),
-                        "augment_rng": aug_gen.get_state(), "torch_rng": torch.get_rng_state(),
+                        "augment_rng": aug_gen.get_state(), **_rng_states(device),
                         "best_state": best_state, "best_score": best_score, "best_epoch": self.best_epoch_,
                         "best_step": self.best_step_, "best_score_": self.best_score_, "history": self.history,
                     })  # fmt: skip

@@ -332,7 +332,7 @@ class StableDiffusionGenerator(TrainedGenerator):
         # the difference to DermaFlux: DDPM noise schedule and ε/v target (from the scheduler) instead of a flow
         return DDPMObjective.from_scheduler(self._scheduler_config, snr_gamma=opts["snr_gamma"])
 
-    def _latents(self, pipe, train, height, width, context):
+    def _latents(self, pipe, train, height, width, context, **options):
         import torch
 
         vae = pipe.vae
@@ -340,21 +340,20 @@ class StableDiffusionGenerator(TrainedGenerator):
         if upcast:  # SDXL's VAE overflows in fp16 (the pipeline upcasts it to decode, too)
             vae.to(torch.float32)
         try:
-            return super()._latents(pipe, train, height, width, context)
+            return super()._latents(pipe, train, height, width, context, **options)
         finally:
             if upcast:
                 vae.to(torch.float16)
 
     def _conditioning(self, captions: list[str], storage, opts) -> tuple[dict, dict]:
-        """CLIP embeddings of the captions (SDXL: + pooled), and the unconditional ones (caption dropout)."""
-        import torch
-
-        embeds = self._encode_prompts(captions, opts)
-        conditioning = {"prompt_embeds": torch.stack([embeds[c][0] for c in captions]).to("cpu", storage)}
+        """CLIP embeddings of the captions (SDXL: + pooled), one row per caption on the CPU, and the
+        unconditional ones (caption dropout)."""
+        prompt_embeds, pooled = self._encode_rows(captions, storage, opts)
+        conditioning = {"prompt_embeds": prompt_embeds}
         null_pe, null_pooled = self._null_embeddings(opts)
         null = {"prompt_embeds": null_pe[None].cpu()}
         if self.xl:
-            conditioning["pooled"] = torch.stack([embeds[c][1] for c in captions]).to("cpu", storage)
+            conditioning["pooled"] = pooled
             null["pooled"] = null_pooled[None].cpu()
         return conditioning, null
 

@@ -86,7 +86,8 @@ OPTIMISER_OPTIONS: dict[str, Option] = {
 
 #: the training loop's switches
 LOOP_OPTIONS: dict[str, Option] = {
-    "flip": Option("bool", True, "random flips and quarter turns of the training latents"),
+    "flip": Option("bool", True, "random flips of the training images (tiny: flips and quarter turns; "
+                   "full-size: the mirror image, encoded too)"),
     "ema": Option("float", 0.0, "EMA decay of the trained weights (0 = off)", min=0, max=1,
                   max_inclusive=False),
     "checkpoint_every": Option("int", 250, "save a resumable checkpoint every N steps (0 = never)", min=0),
@@ -259,18 +260,30 @@ class TrainedGenerator(dermabench.Generator):
                 self._model_info = folder_identity(self.config["model"], self._model_location())
         return self._model_info
 
-    def cache_key(self) -> dict[str, Any]:
+    def cache_key(self, context: dermabench.RunContext | None = None) -> dict[str, Any]:
+        """What determines the images besides prompts and size: the weights (model identity, LoRA file hash),
+        every option as this run resolves it, and the device kind and weights dtype they are sampled in.
+
+        `context` is the run's: its profile sets a tiny model's training budget (smoke 30, quick 1000, paper
+        4000 steps), so images of a 30-step smoke fit never stand in for a quick run's; its device decides
+        what dtype=auto means (bf16 on CUDA for full-size models, fp32 elsewhere). A host that calls
+        ``cache_key()`` without it gets the options resolved as the `quick` profile and the device as
+        device=auto would choose: it must then key on the profile and device itself.
+        """
         from importlib.metadata import version
 
         import torch
 
+        device, dtype = self._device_dtype(context if context is not None else dermabench.RunContext(device="auto"))
         # diffusers' version from its metadata (the same string as diffusers.__version__): importing diffusers
         # costs seconds, and with a model folder and every image cached nothing else in a run needs it
         return {
             **self._key_fields(),
             "model": self.model_identity(),
             "lora": sha256_file(self._lora_file()) if self.config["lora"] is not None else None,
-            "options": self.resolved(None),
+            "options": self.resolved(context),
+            "device": device.split(":")[0],
+            "dtype": str(dtype).removeprefix("torch."),
             "diffusers": version("diffusers"),
             "torch": torch.__version__,
         }
@@ -282,16 +295,27 @@ class TrainedGenerator(dermabench.Generator):
             digest.update(f"{sample.label}\t{sample.caption}\t{image.size}\n".encode())
             digest.update(image.tobytes())
         fit_opts = {k: v for k, v in opts.items() if k not in self.sampling_options}
-        return json_hash(
-            {
-                **self._key_fields(),
-                "model": self.model_identity(),
-                "options": fit_opts,
-                "seed": context.seed,
-                "train_pool": digest.hexdigest(),
-                "n": len(train),
-            }
-        )
+        fields = {
+            **self._key_fields(),
+            "model": self.model_identity(),
+            "options": fit_opts,
+            "seed": context.seed,
+            "train_pool": digest.hexdigest(),
+            "n": len(train),
+        }
+        if opts["flip"] and not self._exact_latent_flips():
+            # learned VAE: flips are encoded mirror images now, no longer flipped/turned latents; fits made the
+            # old way are not reused (tiny models' DCT latents flip as before: their keys are unchanged)
+            fields["flips"] = "encoded-hflip"
+        return json_hash(fields)
+
+    def _exact_latent_flips(self) -> bool:
+        """Whether the VAE's latents can be flipped and turned exactly as its images (the tiny block-DCT ones)."""
+        from dermabench_plugins.flux_tiny import DCTVAE
+
+        if self.pipe is not None:
+            return isinstance(self.pipe.vae, DCTVAE)
+        return self.is_tiny
 
     # ------------------------------------------------------------------ loading
 
@@ -424,6 +448,33 @@ class TrainedGenerator(dermabench.Generator):
                 out[text] = (e, p)
         return out
 
+    def _encode_rows(self, texts: Sequence[str], storage, opts: dict[str, Any]) -> tuple[torch.Tensor, Any]:
+        """Embeddings of `texts` for training: (L×D per text, P per text or None), stacked on the CPU in `storage`.
+
+        Each chunk is copied into the CPU tensors as soon as it is encoded and then let go, so the device never
+        holds more than one chunk: FLUX.1-dev's T5 output is 512 × 4096 per caption (4 MiB in bf16), and a
+        6,000-caption train pool kept on the GPU (then stacked there) took ~47 GiB.
+        """
+        import torch
+
+        pipe = self.pipe
+        assert pipe is not None
+        device = pipe._execution_device
+        embeds_rows = pooled_rows = None
+        for start in range(0, len(texts), 64):
+            chunk = list(texts[start : start + 64])
+            with torch.inference_mode(), quiet():
+                embeds, pooled = self._encode_text(pipe, chunk, device, opts)
+            if embeds_rows is None:
+                embeds_rows = torch.empty((len(texts), *embeds.shape[1:]), dtype=storage)
+                if isinstance(pooled, torch.Tensor):
+                    pooled_rows = torch.empty((len(texts), *pooled.shape[1:]), dtype=storage)
+            embeds_rows[start : start + len(chunk)] = embeds
+            if pooled_rows is not None:
+                pooled_rows[start : start + len(chunk)] = pooled
+            del embeds, pooled  # the chunk's device memory goes before the next chunk is encoded
+        return embeds_rows, pooled_rows
+
     # ------------------------------------------------------------------ fit
 
     def fit(self, train: Sequence[dermabench.Sample], context: dermabench.RunContext) -> None:
@@ -516,25 +567,50 @@ class TrainedGenerator(dermabench.Generator):
         return result
 
     def _training_set(self, pipe, train, opts, height, width, context):
-        """The train pool's latents and text embeddings, computed once: training draws its batches from them."""
+        """The train pool's latents and text embeddings, computed once: training draws its batches from them.
+
+        Embeddings: one row per distinct caption, on the CPU, and an index from image to row. Flips: the tiny
+        models' block-DCT latents flip and turn exactly as their images (`DCTVAE.augment`); a learned VAE's do
+        not, so with flip=true each image's mirror image is encoded too and training picks one of the two
+        (kohya's flip_aug): twice the VAE encodes and twice the latents' memory (FLUX.1-dev at 1024 px: 2 ×
+        0.5 MiB per image in bf16, 2.5 GiB for 2,500 images), and no vertical flips or turns, which would
+        cost up to 8× for the rest of the dihedral group.
+        """
         import torch
         from dermabench_plugins.diffusion_training import TrainingSet
-        from dermabench_plugins.flux_tiny import DCTVAE
 
-        latents = self._latents(pipe, train, height, width, context)
+        exact = self._exact_latent_flips()
         storage = torch.float32 if self.is_tiny else torch.bfloat16
+        latents, variants = self._latents(pipe, train, height, width, context, storage=storage,
+                                          mirrored=opts["flip"] and not exact)
         captions = [s.caption or f"This photo depicts a {dermabench.LABEL_NAMES[s.label]} lesion." for s in train]
-        conditioning, null = self._conditioning(captions, storage, opts)
-        augment = pipe.vae.augment if isinstance(pipe.vae, DCTVAE) else None  # conv VAE latents flip with the image
-        return TrainingSet(latents.to(storage), conditioning, null, augment)
+        distinct = list(dict.fromkeys(captions))
+        row = {caption: i for i, caption in enumerate(distinct)}
+        index = torch.tensor([row[c] for c in captions], dtype=torch.long)
+        conditioning, null = self._conditioning(distinct, storage, opts)
+        augment = pipe.vae.augment if exact else None
+        return TrainingSet(latents, conditioning, null, augment, variants=variants, conditioning_index=index)
 
-    def _latents(self, pipe, train, height, width, context) -> torch.Tensor:
-        """The train pool's latents, B×C×h×w, shifted and scaled as the VAE's config says."""
+    def _latents(self, pipe, train, height, width, context, storage=None,
+                 mirrored: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The train pool's latents, B×C×h×w, shifted and scaled as the VAE's config says, in `storage` dtype;
+        with `mirrored`, also the latents of the horizontally flipped images, B×1×C×h×w (else None).
+
+        The tiny models' DCT VAE standardises each frequency on the train pool first, unless its statistics
+        are already set: a trained tiny model loaded from its folder (model=<folder>) keeps the latent space
+        its transformer was trained in.
+        """
         import torch
         from dermabench_plugins.flux_tiny import DCTVAE
 
         vae = pipe.vae
         device = pipe._execution_device
+        storage = storage or torch.float32
+        shift = getattr(vae.config, "shift_factor", None) or 0.0  # FLUX's VAE shifts its latents, SD's does not
+        scale = vae.config.scaling_factor
+
+        def scaled(raw: torch.Tensor) -> torch.Tensor:
+            return ((raw.float() - shift) * scale).to("cpu", storage)
 
         def pixels_of(samples) -> torch.Tensor:
             arrays = []
@@ -545,23 +621,30 @@ class TrainedGenerator(dermabench.Generator):
                 arrays.append(np.asarray(image))
             return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).to(device, vae.dtype) / 127.5 - 1.0
 
+        def encode(x: torch.Tensor) -> torch.Tensor:
+            return scaled(vae.encode(x).latent_dist.mode())
+
         if isinstance(vae, DCTVAE):
             # tiny models: the fixed DCT "autoencoder" standardises each frequency on the train pool first
             with torch.inference_mode():
                 x = pixels_of(train)
-                vae.fit_normalization(x)
-                raw = vae.encode(x).latent_dist.mode().float().cpu()
+                if not vae.is_normalized():
+                    vae.fit_normalization(x)
+                latents = encode(x)
+                variants = encode(x.flip(3))[:, None] if mirrored else None
             del x
-        else:
-            chunk = self.latent_chunk
-            raw = []
-            batches = range(0, len(train), chunk)
-            for start in context.progress.track(batches, f"{self.name}: caching latents", total=len(batches)):
-                with torch.inference_mode():
-                    raw.append(vae.encode(pixels_of(train[start : start + chunk])).latent_dist.mode().float().cpu())
-            raw = torch.cat(raw)
-        shift = getattr(vae.config, "shift_factor", None) or 0.0  # FLUX's VAE shifts its latents, SD's does not
-        return (raw - shift) * vae.config.scaling_factor
+            return latents, variants
+        chunk = self.latent_chunk
+        latents, variants = [], []
+        batches = range(0, len(train), chunk)
+        for start in context.progress.track(batches, f"{self.name}: caching latents", total=len(batches)):
+            with torch.inference_mode():
+                x = pixels_of(train[start : start + chunk])
+                latents.append(encode(x))
+                if mirrored:  # the mirror image, encoded (a flipped latent is not the latent of a flipped image)
+                    variants.append(encode(x.flip(3)))
+                del x
+        return torch.cat(latents), (torch.cat(variants)[:, None] if mirrored else None)
 
     def _save_trained(self, final: Path, opts, result, seconds: float) -> None:
         from accelerate import PartialState

@@ -316,3 +316,37 @@ def test_a_fit_without_a_checkpoint_does_not_hash_its_data(data, tmp_path, monke
     with pytest.raises(AssertionError, match="hashed"):  # a checkpoint to save needs it
         CNNClassifier(**FAST, checkpoint_minutes=0).fit(
             data["train"], data["val"], dermabench.RunContext(seed=0, image_size=SIZE, work_dir=tmp_path / "c"))
+
+
+def test_checkpoints_carry_the_cuda_rng_stream_when_training_on_cuda(monkeypatch):
+    # dropout and drop_path on a GPU tensor draw from the CUDA generator: a resumed CUDA fit needs its state
+    from dermabench_plugins import image_classifier as ic
+
+    states, calls = {"cuda:0": torch.tensor([1, 2, 3], dtype=torch.uint8)}, []
+    monkeypatch.setattr(torch.cuda, "get_rng_state", lambda device="cuda": states[str(device)].clone())
+    monkeypatch.setattr(torch.cuda, "set_rng_state", lambda state, device="cuda": calls.append((state, device)))
+    saved = ic._rng_states("cuda:0")
+    assert torch.equal(saved["torch_rng"], torch.get_rng_state()) and torch.equal(saved["cuda_rng"], states["cuda:0"])
+    assert "cuda_rng" not in ic._rng_states("cpu")
+    before = torch.get_rng_state()
+    ic._set_rng_states(saved, "cuda:0")
+    assert len(calls) == 1 and torch.equal(calls[0][0], states["cuda:0"]) and calls[0][1] == "cuda:0"
+    ic._set_rng_states({"torch_rng": before}, "cuda:0")  # a checkpoint from before: the CPU stream only
+    assert len(calls) == 1 and torch.equal(torch.get_rng_state(), before)
+
+
+def test_a_fits_checkpoint_holds_every_rng_stream_it_saved(data, tmp_path, monkeypatch):
+    from dermabench_plugins import image_classifier as ic
+
+    saved_states = ic._rng_states
+    marker = torch.tensor([7, 7], dtype=torch.uint8)
+    monkeypatch.setattr(ic, "_rng_states", lambda device: {**saved_states(device), "cuda_rng": marker})
+    killed = CNNClassifier(**FAST, checkpoint_minutes=0)
+    killed.stop_after_epoch = 1
+    with pytest.raises(InterruptedError):
+        killed.fit(data["train"], data["val"], dermabench.RunContext(seed=0, image_size=SIZE, work_dir=tmp_path))
+    state = torch.load(tmp_path / "fit-checkpoint.pt", weights_only=True)
+    assert torch.equal(state["cuda_rng"], marker) and "torch_rng" in state
+    resumed = CNNClassifier(**FAST, checkpoint_minutes=0)  # on the CPU the CUDA stream is not touched
+    resumed.fit(data["train"], data["val"], dermabench.RunContext(seed=0, image_size=SIZE, work_dir=tmp_path))
+    assert resumed.resumed_after_epoch_ == 1

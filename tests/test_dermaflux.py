@@ -338,3 +338,167 @@ def test_accelerates_mixed_precision_forward_is_undone_keeping_diffusers_decorat
     _restore_forward(transformer)
     assert transformer.forward == original and "_original_forward" not in vars(transformer)
     assert hasattr(type(transformer).forward, "__wrapped__")  # diffusers' apply_lora_scale stays on
+
+
+def test_a_ddp_wrapped_fit_restores_the_inner_transformers_forward(tmp_path, monkeypatch):
+    # `accelerate launch --mixed_precision bf16` with several processes: prepare patches the forward of the model
+    # it is given (autocast, outputs cast to fp32), then wraps that model in DistributedDataParallel. The patch
+    # must come off the inner transformer, or the bf16 pipeline gets fp32 latents after the fit. Reproduced with
+    # torchrun --nproc_per_node 2 (gloo); here one gloo process and a real DDP wrapper stand in for it.
+    from types import MethodType
+
+    import accelerate
+    import torch.distributed as dist
+    from accelerate.utils import convert_outputs_to_fp32
+
+    pipe = build_tiny_flux(PRESETS["micro"], seed=0)
+    data = micro_training_set(pipe, n=2)
+    transformer = pipe.transformer.requires_grad_(True)
+    denoiser = FluxDenoiser(transformer, SIZE, SIZE, pipe.vae_scale_factor, guidance=1.0)
+    wrapped = []
+
+    def prepare(self, model, optimizer):  # what Accelerator.prepare does for bf16 over several processes
+        model._original_forward = model.forward
+        model.forward = MethodType(convert_outputs_to_fp32(model.forward.__func__), model)
+        if not dist.is_initialized():
+            dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'pg'}", rank=0, world_size=1)
+        ddp = torch.nn.parallel.DistributedDataParallel(model, find_unused_parameters=True)
+        wrapped.append(ddp)
+        return ddp, optimizer
+
+    monkeypatch.setattr(accelerate.Accelerator, "prepare", prepare)
+    try:
+        result = train(denoiser, data, RectifiedFlow(), TrainConfig(steps=2, batch_size=2, checkpoint_every=0))
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+    assert result.finished and wrapped and wrapped[0].module is transformer
+    assert "_original_forward" not in vars(transformer) and "forward" not in vars(transformer)
+    transformer.to(torch.bfloat16)
+    with torch.no_grad():
+        out = denoiser.predict(transformer, data.latents.to(torch.bfloat16), torch.tensor([0.5, 0.5]),
+                               data.conditioning)
+    assert out.dtype == torch.bfloat16
+
+
+def test_a_lora_fit_on_a_trained_tiny_folder_keeps_the_latent_space_it_was_trained_in(tmp_path, pool):
+    # model=<a trained tiny folder> trains a LoRA (train=auto): the DCT VAE's train-pool standardisation is part of
+    # that model; re-fitting it on the new pool would show the base transformer latents it never saw
+    from PIL import ImageOps
+    from safetensors.torch import load_file
+
+    import dermabench
+
+    first = DermaFluxGenerator(train_steps="2", train_batch_size="4", **MICRO)
+    first.fit(pool, ctx(tmp_path / "a"))
+    assert first.pipe.vae.is_normalized()  # a fresh tiny VAE is standardised on its pool
+    final = next((tmp_path / "a" / "fits").glob("*/final"))
+    mean, std = first.pipe.vae.mean.clone(), first.pipe.vae.std.clone()
+    other_pool = [dermabench.Sample(ImageOps.invert(s.image), s.label, s.caption) for s in pool]
+    opts = {"model": str(final), "steps": "2", "height": str(SIZE), "width": str(SIZE), "train_steps": "2",
+            "train_batch_size": "2", "rank": "4", "checkpoint_every": "0", "max_sequence_length": "16"}
+    gen = DermaFluxGenerator(**opts)
+    assert gen.train_mode == "lora"
+    gen.fit(other_pool, ctx(tmp_path / "b"))
+    assert torch.equal(gen.pipe.vae.mean, mean) and torch.equal(gen.pipe.vae.std, std)
+    beside = load_file(str(next((tmp_path / "b" / "fits").glob("*/final")) / "vae.safetensors"))
+    assert torch.equal(beside["mean"], mean) and torch.equal(beside["std"], std)
+
+
+def test_a_saved_pipeline_loads_from_safetensors_only(tmp_path):
+    build_tiny_flux(PRESETS["micro"], seed=0).save_pretrained(tmp_path / "pickled", safe_serialization=False)
+    gen = DermaFluxGenerator(**MICRO)
+    with pytest.raises(DermabenchError, match="cannot load FLUX"):
+        gen._load_saved_pipeline(tmp_path / "pickled", ctx(tmp_path))
+
+
+@pytest.mark.parametrize("vae_class", ["DCTVAE", "BlockDCTVAE"])
+def test_tiny_dct_latents_flip_and_turn_exactly_as_their_images(vae_class):
+    # the reason the tiny models may transform latents (DCTVAE.augment) where a learned VAE may not: augmenting
+    # the latent of an image gives the latent of the augmented image, for any image, not only smooth ones
+    from dermabench_plugins import flux_tiny, sd_tiny
+    from dermabench_plugins.diffusion_training import dihedral_augment
+
+    vae = (flux_tiny.DCTVAE if vae_class == "DCTVAE" else sd_tiny.BlockDCTVAE)()
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(16, 3, 32, 32, generator=g) * 2 - 1
+    vae.fit_normalization(x)
+    z = vae.encode(x).latent_dist.mode()
+    for seed in range(3):
+        augmented = vae.augment(z, torch.Generator().manual_seed(seed))
+        expected = vae.encode(dihedral_augment(x, torch.Generator().manual_seed(seed))).latent_dist.mode()
+        assert torch.allclose(augmented, expected, atol=1e-4), float((augmented - expected).abs().max())
+        assert not torch.allclose(augmented, z)
+
+
+class RecordingFlow(RectifiedFlow):
+    """Rectified flow that records the clean latents x0 of every training batch."""
+
+    def __init__(self):
+        super().__init__()
+        self.seen = []
+
+    def noisy_input(self, x0, noise, t):
+        self.seen.append(x0.detach().clone())
+        return super().noisy_input(x0, noise, t)
+
+
+def test_training_flips_use_encoded_variants_and_never_transform_a_learned_vaes_latents():
+    pipe = build_tiny_flux(PRESETS["micro"], seed=0)
+    data = micro_training_set(pipe, n=4)
+    mirrored = torch.randn(4, 1, *data.latents.shape[1:], generator=torch.Generator().manual_seed(1))
+    pipe.transformer.requires_grad_(True)
+    denoiser = FluxDenoiser(pipe.transformer, SIZE, SIZE, pipe.vae_scale_factor, guidance=1.0)
+    cfg = TrainConfig(steps=6, batch_size=4, checkpoint_every=0, lr=1e-5)
+
+    def kinds(seen, data):
+        found = set()
+        for x0 in seen:
+            for row in x0:
+                if any(torch.equal(row, latent) for latent in data.latents):
+                    found.add("image")
+                elif data.variants is not None and any(torch.equal(row, v) for v in data.variants[:, 0]):
+                    found.add("variant")
+                else:
+                    found.add("transformed")
+        return found
+
+    with_variants = TrainingSet(data.latents, data.conditioning, variants=mirrored)
+    flow = RecordingFlow()
+    train(denoiser, with_variants, flow, cfg)
+    assert kinds(flow.seen, with_variants) == {"image", "variant"}  # both, and nothing else
+    plain = TrainingSet(data.latents, data.conditioning)  # no exact augment, no variants: flip changes nothing
+    flow = RecordingFlow()
+    train(denoiser, plain, flow, cfg)
+    assert kinds(flow.seen, plain) == {"image"}
+    with pytest.raises(ValueError, match="variants"):
+        TrainingSet(data.latents, data.conditioning, variants=mirrored[:2])
+
+
+def test_a_lora_fit_on_a_folder_with_a_learned_vae_trains_on_its_encoded_mirror_images(tmp_path, pool, monkeypatch):
+    """The paper path with a conv VAE like FLUX.1-dev's (shrunk, random): flips are encoded mirror images."""
+    from diffusers import AutoencoderKL, FluxPipeline
+    from dermabench_plugins import diffusion_training
+
+    pipe = build_tiny_flux(PRESETS["micro"], seed=5)
+    torch.manual_seed(0)
+    vae = AutoencoderKL(down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
+                        block_out_channels=(8, 8), layers_per_block=1, norm_num_groups=4,
+                        latent_channels=pipe.transformer.config.in_channels // 4, scaling_factor=0.5, shift_factor=0.1)
+    parts = {k: getattr(pipe, k) for k in ("scheduler", "text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2",
+                                           "transformer")}
+    FluxPipeline(vae=vae, **parts).save_pretrained(tmp_path / "flux")
+    seen, real_train = [], diffusion_training.train
+
+    def train_spy(denoiser, data, *args, **kwargs):
+        seen.append(data)
+        return real_train(denoiser, data, *args, **kwargs)
+
+    monkeypatch.setattr(diffusion_training, "train", train_spy)
+    opts = {"model": str(tmp_path / "flux"), "steps": "2", "height": str(SIZE), "width": str(SIZE), "rank": "4",
+            "train_steps": "3", "train_batch_size": "2", "checkpoint_every": "0", "max_sequence_length": "16"}
+    gen = DermaFluxGenerator(**opts)
+    gen.fit(pool, ctx(tmp_path / "work"))
+    assert gen.last_fit["steps"] == 3 and len(seen) == 1
+    assert seen[0].augment is None and seen[0].variants.shape[:2] == (len(pool), 1)
+    assert [im.size for im in gen.generate(prompts(2), ctx(tmp_path / "work"))] == [(SIZE, SIZE)] * 2

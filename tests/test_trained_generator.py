@@ -121,3 +121,111 @@ def test_a_pipeline_reloaded_from_a_finished_fit_keeps_the_vae_memory_switches(t
     cached.fit(pool, ctx(tmp_path))  # the same fit key: loads the saved pipeline
     assert cached.last_fit["reused"] is True
     assert sorted(switch for vae, switch in calls if vae is cached.pipe.vae) == ["slicing", "tiling"]
+
+
+def saved_micro_folder(cls, folder):
+    """A micro pipeline saved as an ordinary diffusers folder: a stand-in for a full-size model (model=PATH)."""
+    if cls is DermaFluxGenerator:
+        from dermabench_plugins.flux_tiny import PRESETS, build_tiny_flux
+
+        build_tiny_flux(PRESETS["micro"], seed=1).save_pretrained(folder)
+    else:
+        from dermabench_plugins.sd_tiny import PRESETS, build_tiny_sd
+
+        build_tiny_sd(PRESETS["micro"], seed=1, xl=cls.xl).save_pretrained(folder)
+    return str(folder)
+
+
+@EVERY
+def test_the_image_cache_key_follows_the_runs_profile_device_and_dtype(tmp_path, cls):
+    # a tiny model's fit trains 30 / 1000 / 4000 steps under smoke / quick / paper: their images differ
+    import json
+
+    gen = cls(**MICRO)
+    keys = {profile: gen.cache_key(ctx(tmp_path, profile)) for profile in ("smoke", "quick", "paper")}
+    assert [keys[p]["options"]["train_steps"] for p in ("smoke", "quick", "paper")] == [30, 1000, 4000]
+    assert len({json.dumps(key, sort_keys=True, default=str) for key in keys.values()}) == 3
+    assert (keys["smoke"]["device"], keys["smoke"]["dtype"]) == ("cpu", "float32")
+    # dtype=auto: a full-size model samples in bf16 on CUDA and in fp32 on a CPU; the key says which
+    folder = cls(model=saved_micro_folder(cls, tmp_path / "model"), train="none")
+    on_gpu = folder.cache_key(ctx(tmp_path, device="cuda:1"))
+    on_cpu = folder.cache_key(ctx(tmp_path, device="cpu"))
+    assert (on_gpu["device"], on_gpu["dtype"]) == ("cuda", "bfloat16") and on_cpu["dtype"] == "float32"
+    assert on_gpu != on_cpu
+    assert folder.cache_key() == folder.cache_key()  # a host that passes no context still gets a key
+
+
+@EVERY
+def test_training_embeddings_are_one_cpu_row_per_caption_copied_off_the_device_chunk_by_chunk(tmp_path, cls,
+                                                                                              monkeypatch):
+    # FLUX.1-dev's T5 output is 4 MiB per caption: every caption kept (and stacked) on the GPU ran an H100 out of
+    # memory for a 6,000-caption train pool. Each encoded chunk must be let go before the next one is encoded.
+    import weakref
+
+    import torch
+    from trained_generators import lesion
+
+    import dermabench
+
+    gen = cls(**MICRO)
+    context = ctx(tmp_path)
+    pipe = gen.load(context)
+    opts = gen.resolved(context)
+    samples = [dermabench.Sample(lesion(i % 2, i), i % 2, caption=f"a {'benign' if i % 2 == 0 else 'malignant'} "
+                                 f"lesion, diameter {i % 100} mm") for i in range(200)]  # 100 captions, twice each
+    captions = [s.caption for s in samples]
+    old = gen._encode_prompts(captions, opts)  # what the training set was stacked from before
+    expected = torch.stack([old[c][0] for c in captions])
+    real, held = cls._encode_text, []
+
+    def encode_text(self, *args, **kwargs):
+        assert all(ref() is None for ref in held), "an earlier chunk's embeddings are still held"
+        out = real(self, *args, **kwargs)
+        held.extend(weakref.ref(t) for t in out if isinstance(t, torch.Tensor))
+        return out
+
+    monkeypatch.setattr(cls, "_encode_text", encode_text)
+    data = gen._training_set(pipe, samples, opts, SIZE, SIZE, context)
+    rows = data.conditioning["prompt_embeds"]
+    assert rows.device.type == "cpu" and rows.dtype == torch.float32 and len(rows) == 100  # one per caption
+    assert data.conditioning_index.tolist() == [i % 100 for i in range(200)]
+    assert torch.equal(rows[data.conditioning_index], expected)
+    if "pooled" in data.conditioning:
+        pooled = torch.stack([old[c][1] for c in captions])
+        assert torch.equal(data.conditioning["pooled"][data.conditioning_index], pooled)
+    assert all(v.device.type == "cpu" for v in data.null_conditioning.values())
+
+
+def tiny_conv_vae(latent_channels: int):
+    """A learned (random) conv VAE like FLUX's and SD's, shrunk: its latents do not flip with the image."""
+    import torch
+    from diffusers import AutoencoderKL
+
+    torch.manual_seed(0)
+    return AutoencoderKL(down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
+                         block_out_channels=(8, 8), layers_per_block=1, norm_num_groups=4,
+                         latent_channels=latent_channels, scaling_factor=0.5, shift_factor=0.1).eval()
+
+
+@EVERY
+def test_a_learned_vae_trains_on_encoded_mirror_images_not_on_flipped_latents(tmp_path, pool, cls):
+    import torch
+
+    gen = cls(**MICRO)
+    context = ctx(tmp_path)
+    pipe = gen.load(context)
+    pipe.vae = tiny_conv_vae(4)
+    assert not gen._exact_latent_flips()
+    opts = gen.resolved(context)
+    data = gen._training_set(pipe, pool, opts, SIZE, SIZE, context)
+    x = torch.stack([torch.from_numpy(np.array(s.image)).permute(2, 0, 1) for s in pool]).float() / 127.5 - 1
+    with torch.no_grad():
+        def encode(pixels):
+            return (pipe.vae.encode(pixels).latent_dist.mode() - 0.1) * 0.5
+
+        assert torch.allclose(data.latents, encode(x), atol=1e-4)
+        assert data.augment is None and data.variants.shape == (len(pool), 1, *data.latents.shape[1:])
+        assert torch.allclose(data.variants[:, 0], encode(x.flip(3)), atol=1e-4)  # the mirror image, encoded
+        assert not torch.allclose(data.variants[:, 0], data.latents.flip(3), atol=1e-2)  # ≠ the flipped latent
+    no_flip = gen._training_set(pipe, pool, {**opts, "flip": False}, SIZE, SIZE, context)
+    assert no_flip.variants is None and torch.equal(no_flip.latents, data.latents)
