@@ -242,12 +242,20 @@ def _section_fidelity(result: Mapping[str, Any]) -> str:
 
 def _section_memorization(result: Mapping[str, Any], closest_pairs: bytes | None) -> str:
     memo = result.get("memorization") or {}
-    pairs = [(key, memo.get(key)) for key in ("near_copy_rate", "threshold", "threshold_quantile", "distance",
-                                              "median_distance", "test_median_distance", "n", "n_train", "n_test",
-                                              "extractor") if key in memo]  # fmt: skip
+    pairs = [(key, memo.get(key)) for key in ("near_copy_rate", "threshold_quantile", "calibration_set", "distance",
+                                              "median_distance", "calibration_median_distance", "n", "n_train",
+                                              "n_calibration", "extractor") if key in memo]  # fmt: skip
+    for name, per_class in (memo.get("per_class") or {}).items():
+        pairs.append((f"near_copy_rate ({name})", per_class.get("near_copy_rate")))
+        pairs.append((f"threshold ({name})", per_class.get("threshold")))
+    calibration = {"validation": "real validation images", "test": "real test images"}.get(
+        memo.get("calibration_set", "test"), "held-out real images"
+    )
+    per_class = " of the same class" if memo.get("class_conditional") else ""
     note = (
         "near-copy rate: the fraction of synthetic images closer to their nearest train image than the "
-        f"{fmt(memo.get('threshold_quantile'), 2)} quantile of real test images' nearest-train distances."
+        f"{fmt(memo.get('threshold_quantile'), 2)} quantile of {calibration}'{per_class} nearest-train distances "
+        f"(a generator that copies nothing lands near {fmt(memo.get('threshold_quantile'), 2)})."
     )
     return (
         key_values(pairs)

@@ -1,4 +1,4 @@
-"""Classification metrics and lesion-grouped bootstrap CIs (dermabench.metrics.classification)."""
+"""Classification metrics and lesion × seed bootstrap CIs (dermabench.metrics.classification)."""
 
 from __future__ import annotations
 
@@ -23,6 +23,7 @@ from dermabench.metrics.classification import (
     evaluate_arms,
     grouped_bootstrap_counts,
     grouped_bootstrap_indices,
+    seed_bootstrap_counts,
 )
 
 
@@ -252,33 +253,86 @@ def test_grouped_bootstrap_indices_are_unions_of_whole_lesions():
     assert np.array_equal(grouped_bootstrap_counts(str_groups, 100, np.random.default_rng(0)), counts)
 
 
-def test_evaluate_arms_ci_is_the_grouped_bootstrap_of_the_seed_mean():
-    """Recompute the CI from the exposed resamples with scikit-learn."""
+def test_evaluate_arms_ci_is_the_lesion_and_seed_bootstrap_of_the_seed_mean():
+    """Recompute every CI and delta from the exposed resamples with scikit-learn: lesions drawn with replacement and,
+    for K > 1 seeds, K seeds drawn with replacement; the same seed draws for arms with the same K."""
     y, groups = _lesion_data(n_lesions=30, seed=2)
     rng = np.random.default_rng(3)
-    probs = {"real": _probs(y, 1.0, rng, n_seeds=2), "synthetic": _probs(y, 0.5, rng, n_seeds=1)}
+    probs = {
+        "real": _probs(y, 1.0, rng, n_seeds=2),
+        "real+synthetic": _probs(y, 1.3, rng, n_seeds=2),  # same K as real: seed draws shared (paired)
+        "synthetic": _probs(y, 0.5, rng, n_seeds=1),  # K = 1: lesions only
+        "real+augment": _probs(y, 0.8, rng, n_seeds=3),  # another K: its own seed draws
+    }
     n_boot = 25
     r = evaluate_arms(y, groups, probs, n_boot=n_boot, seed=9)
     idx_sets = grouped_bootstrap_indices(groups, n_boot, np.random.default_rng(9))
+    seed_draws = {k: seed_bootstrap_counts(k, n_boot, 9) for k in (1, 2, 3)}
+    assert (seed_draws[1] == 1).all() and (seed_draws[2].sum(axis=1) == 2).all()
+    assert not (seed_draws[2] == 1).all()  # some resamples draw one seed twice
     boot = {a: {m: [] for m in METRICS} for a in probs}
-    for idx in idx_sets:
+    for b, idx in enumerate(idx_sets):
         for a, seeds in probs.items():
-            per = [classification_metrics(y[idx], s[idx]) for s in seeds]
+            drawn = np.repeat(np.arange(len(seeds)), seed_draws[len(seeds)][b])
+            per = [classification_metrics(y[idx], seeds[k][idx]) for k in drawn]
             for m in METRICS:
                 vals = [d[m] for d in per]
                 boot[a][m].append(np.nan if None in vals else np.mean(vals))
     for a in probs:
+        assert r[a]["ci_resamples"] == ("lesions" if a == "synthetic" else "lesions+seeds")
         for m in METRICS:
             v = np.array(boot[a][m])
             assert r[a]["n_boot_valid"][m] == np.isfinite(v).sum()
             want = np.percentile(v[np.isfinite(v)], [2.5, 97.5])
             assert r[a][f"{m}_ci95"] == pytest.approx(list(want), abs=1e-12)
-    for m in METRICS:
-        d = np.array(boot["synthetic"][m]) - np.array(boot["real"][m])
-        d = d[np.isfinite(d)]
-        got = r["synthetic"]["delta_vs_real"][m]
-        assert got["ci95"] == pytest.approx(list(np.percentile(d, [2.5, 97.5])), abs=1e-12)
-        assert got["n_boot_valid"] == d.size
+    for a in ("real+synthetic", "synthetic", "real+augment"):
+        for m in METRICS:
+            d = np.array(boot[a][m]) - np.array(boot["real"][m])
+            d = d[np.isfinite(d)]
+            got = r[a]["delta_vs_real"][m]
+            assert got["ci95"] == pytest.approx(list(np.percentile(d, [2.5, 97.5])), abs=1e-12)
+            assert got["n_boot_valid"] == d.size
+
+
+def test_seed_noise_alone_does_not_make_a_significant_delta():
+    """Null: two arms with the same recipe, only the classifier seeds differ (K = 5, a per-seed shift in the scores).
+    Seeds averaged before a lesion-only bootstrap (protocol v1), the accuracy delta's CI excluded 0 in 35 % of
+    runs; resampling seeds too brings it to the nominal 5 %."""
+    rng = np.random.default_rng(0)
+    n, reps, excluded = 300, 40, 0
+    for _ in range(reps):
+        y = (rng.random(n) < 0.3).astype(int)
+        difficulty = 1.2 * (2 * y - 1) + rng.standard_normal(n)  # shared by every model
+
+        def arm(difficulty=difficulty):
+            return [1 / (1 + np.exp(-(difficulty + 0.8 * rng.standard_normal(n) + 0.3 * rng.standard_normal())))
+                    for _ in range(5)]  # fmt: skip
+
+        r = evaluate_arms(y, np.arange(n) // 2, {"real": arm(), "real+synthetic": arm()}, n_boot=200, seed=1)
+        lo, hi = r["real+synthetic"]["delta_vs_real"]["accuracy"]["ci95"]
+        excluded += lo > 0 or hi < 0
+    assert excluded <= 4  # 10 %; here 1 (protocol v1: 11 of 40)
+
+
+def test_one_seed_keeps_the_lesion_only_bootstrap_and_says_so():
+    y, groups = _lesion_data(n_lesions=40, seed=12)
+    rng = np.random.default_rng(12)
+    one = {"real": _probs(y, 1.0, rng, n_seeds=1), "synthetic": _probs(y, 0.7, rng, n_seeds=1)}
+    r = evaluate_arms(y, groups, one, n_boot=50, seed=2)
+    counts = grouped_bootstrap_counts(groups, 50, np.random.default_rng(2))
+    res = _weighted_metrics(y, one["real"][0][:, None], [_SortedScores(y, one["real"][0])], counts, 0.5)
+    assert r["real"]["auc_ci95"] == pytest.approx(list(np.percentile(res["auc"][:, 0], [2.5, 97.5])), abs=1e-12)
+    assert r["real"]["ci_resamples"] == r["synthetic"]["ci_resamples"] == "lesions"
+
+
+def test_seed_bootstrap_counts():
+    a = seed_bootstrap_counts(5, 300, 7)
+    assert a.shape == (300, 5) and (a.sum(axis=1) == 5).all() and a.min() >= 0
+    assert np.array_equal(a, seed_bootstrap_counts(5, 300, 7))
+    assert not np.array_equal(a, seed_bootstrap_counts(5, 300, 8))
+    assert (seed_bootstrap_counts(1, 4, 7) == 1).all()
+    with pytest.raises(ValueError, match="n_seeds"):
+        seed_bootstrap_counts(0, 4, 7)
 
 
 def test_duplicating_images_within_lesions_leaves_grouped_ci_unchanged():
@@ -394,7 +448,7 @@ def test_result_layout_is_plain_json():
     r = evaluate_arms(y, groups, probs, n_boot=50)
     assert list(r) == list(probs)
     keys = set(METRICS) | {f"{m}_std" for m in METRICS} | {f"{m}_ci95" for m in METRICS}
-    keys |= {"per_seed", "n_seeds", "n_test", "n_test_lesions", "n_boot", "n_boot_valid"}
+    keys |= {"per_seed", "n_seeds", "n_test", "n_test_lesions", "n_boot", "n_boot_valid", "ci_resamples"}
     assert set(r["real"]) == keys
     for a in ("real+synthetic", "synthetic", "real+augment"):
         assert set(r[a]) == keys | {"delta_vs_real"}
@@ -448,3 +502,26 @@ def test_evaluate_arms_validation():
         evaluate_arms(y, groups, {"real": ok}, n_boot=-1)
     with pytest.raises(ValueError, match="only 0"):
         evaluate_arms([0, 1, 3, 1], groups, {"real": ok})
+
+
+def test_lesion_ids_may_be_tuples_and_kinds_stay_apart():
+    y = np.array([0, 1, 0, 1, 1, 0])
+    p = [np.array([0.2, 0.7, 0.4, 0.9, 0.6, 0.3])]
+    tuples = [("patient", 1), ("patient", 1), ("patient", 2), ("patient", 2), ("patient", 3), ("patient", 3)]
+    r = evaluate_arms(y, tuples, {"real": p}, n_boot=30)
+    assert r["real"]["n_test_lesions"] == 3
+    assert r["real"] == evaluate_arms(y, ["a", "a", "b", "b", "c", "c"], {"real": p}, n_boot=30)["real"]
+    counts = grouped_bootstrap_counts(tuples, 10, 0)  # a list of tuples is one id per image, not a 2-d array
+    assert counts.shape == (10, 6) and (counts[:, 0] == counts[:, 1]).all()
+    # 1 and "1" are two lesions (they used to merge into the string "1"); 1 and 1.0 are one, as in Python
+    assert evaluate_arms(y, [1, "1", 2, 2, 3, 3], {"real": p}, n_boot=5)["real"]["n_test_lesions"] == 4
+    assert evaluate_arms(y, [1.0, 1, 2, 2, 3, 3], {"real": p}, n_boot=5)["real"]["n_test_lesions"] == 3
+    # the same string ids give the same bootstrap as a list, a typed array or an object array
+    ids = [f"lesion-{i}" for i in (0, 0, 1, 10, 2, 2)]
+    want = evaluate_arms(y, np.array(ids), {"real": p}, n_boot=40, seed=3)
+    assert evaluate_arms(y, ids, {"real": p}, n_boot=40, seed=3) == want
+    assert evaluate_arms(y, np.array(ids, dtype=object), {"real": p}, n_boot=40, seed=3) == want
+    with pytest.raises(ValueError, match="not hashable"):
+        evaluate_arms(y, [[1], [1], [2], [2], [3], [3]], {"real": p})
+    with pytest.raises(ValueError, match="NaN"):
+        evaluate_arms(y, [1, "a", float("nan"), 2, 3, 3], {"real": p})

@@ -111,6 +111,17 @@ def test_identical_sets_give_fid_about_zero():
     assert out["precision"] == 1.0 and out["recall"] == 1.0
 
 
+@pytest.mark.parametrize(("n", "dim"), [(30, 64), (100, 128), (400, 32)])
+def test_fid_of_a_set_against_itself_is_never_negative(n, dim):
+    """N < dim: the trace terms cancel to about -1.5e-6 in floating point; a distance is clipped at 0."""
+    for seed in range(3):
+        mu, sigma = fid_statistics(np.random.default_rng(seed).standard_normal((n, dim)))
+        fid = fid_from_statistics(mu, sigma, mu, sigma)
+        assert 0.0 <= fid < 1e-9
+        assert fidelity_metrics(np.random.default_rng(seed).standard_normal((n, dim)),
+                                np.random.default_rng(seed).standard_normal((n, dim)))["fid"] >= 0.0  # fmt: skip
+
+
 def test_precision_and_recall_roles():
     rng = np.random.default_rng(0)
     real = rng.standard_normal((600, 8))
@@ -231,3 +242,54 @@ def test_statistics_are_float64_even_from_float32_features():
     exact = features.astype(np.float64)
     np.testing.assert_allclose(mu, exact.mean(axis=0), rtol=1e-12)
     np.testing.assert_allclose(sigma, np.cov(exact, rowvar=False), rtol=1e-9, atol=1e-9)
+
+
+def _two_density_classes(rng, n_benign, n_malignant, dim=16):
+    """Benign images spread out, malignant ones tight: the classes' nearest-train distances differ."""
+    benign = 2.0 + rng.standard_normal((n_benign, dim))
+    malignant = np.r_[np.full(dim // 2, 3.0), np.full(dim // 2, -3.0)] + 0.3 * rng.standard_normal((n_malignant, dim))
+    return np.vstack([benign, malignant]), np.r_[np.zeros(n_benign, int), np.ones(n_malignant, int)]
+
+
+def test_memorization_thresholds_per_class_whatever_the_class_mix():
+    """A non-copying, class-balanced generator vs calibration images at 20 % malignant: with one class-blind
+    threshold the rate is off (0.12-0.15 here, not 0.05); with a threshold per class it is 0.05 in each class."""
+    rng = np.random.default_rng(0)
+    train, _ = _two_density_classes(rng, 1600, 400)
+    calibration, calibration_labels = _two_density_classes(rng, 1600, 400)
+    synthetic, synthetic_labels = _two_density_classes(rng, 2000, 2000)
+    blind = memorization(synthetic, train, calibration)
+    assert blind["near_copy_rate"] > 0.1 and blind["class_conditional"] is False and "per_class" not in blind
+    out = memorization(synthetic, train, calibration, synthetic_labels=synthetic_labels,
+                       calibration_labels=calibration_labels)  # fmt: skip
+    assert out["class_conditional"] is True
+    assert out["near_copy_rate"] == pytest.approx(0.05, abs=0.015)
+    assert set(out["per_class"]) == {"benign", "malignant"}
+    for label, name in ((0, "benign"), (1, "malignant")):
+        entry = out["per_class"][name]
+        assert entry["n"] == 2000 and entry["n_calibration"] == (1600, 400)[label]
+        assert entry["near_copy_rate"] == pytest.approx(0.05, abs=0.025), name
+        own = out["distances"][synthetic_labels == label]
+        assert entry["threshold"] == np.quantile(memorization(calibration[calibration_labels == label], train,
+                                                              calibration[calibration_labels == label])["distances"],
+                                                 0.05)  # fmt: skip
+        assert entry["near_copy_rate"] == np.mean(own < entry["threshold"])
+    # the overall rate is over all synthetic images; the class-blind threshold is still reported
+    rates = [out["per_class"][name]["near_copy_rate"] for name in out["per_class"]]
+    assert out["near_copy_rate"] == pytest.approx(np.mean(rates))  # two classes of 2000
+    assert out["threshold"] == blind["threshold"] and out["n_calibration"] == 2000
+
+
+def test_memorization_class_without_calibration_images_and_label_errors():
+    rng = np.random.default_rng(1)
+    train, _ = _two_density_classes(rng, 100, 100)
+    calibration, _ = _two_density_classes(rng, 50, 0)
+    synthetic, labels = _two_density_classes(rng, 20, 20)
+    out = memorization(synthetic, train, calibration, synthetic_labels=labels, calibration_labels=np.zeros(50, int))
+    assert out["per_class"]["malignant"]["n_calibration"] == 0
+    assert out["per_class"]["malignant"]["threshold"] == out["threshold"]
+    assert "class-blind" in out["per_class"]["malignant"]["note"]
+    with pytest.raises(ValueError, match="both"):
+        memorization(synthetic, train, calibration, synthetic_labels=labels)
+    with pytest.raises(ValueError, match="one label per image"):
+        memorization(synthetic, train, calibration, synthetic_labels=labels[:5], calibration_labels=np.zeros(50, int))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -17,6 +19,8 @@ def test_age_bands():
     assert [age_band(a) for a in (0, 29.9, 30, 49, 50, 69.5, 70, 85, None, "nan", "x", float("nan"))] == [
         "<30", "<30", "30-49", "30-49", "50-69", "50-69", "70+", "70+", None, None, None, None,
     ]  # fmt: skip
+    # a negative age is a data error: unknown (counted in n_unknown), not a StopIteration
+    assert age_band(-1) is None and age_band("-0.5") is None and age_band(-math.inf) is None
 
 
 @pytest.fixture
@@ -53,8 +57,10 @@ def test_each_subgroup_gets_the_statistics_of_its_slice(scored):
     assert male["n"] == 150 and male["n_malignant"] == int(y[index].sum())
     assert male["n_lesions"] == 150  # lesion 2k holds images 2k (male) and 2k+1 (female)
     for arm in probabilities:
-        assert male["arms"][arm]["auc"] == direct[arm]["auc"]
-        assert male["arms"][arm]["auc_ci95"] == direct[arm]["auc_ci95"]
+        for metric in ("auc", "balanced_accuracy", "sensitivity"):  # the AUC CI alone is [1, 1] here
+            assert male["arms"][arm][metric] == direct[arm][metric]
+            assert male["arms"][arm][f"{metric}_ci95"] == direct[arm][f"{metric}_ci95"]
+        assert male["arms"][arm]["ci_resamples"] == "lesions+seeds"
     assert male["arms"]["real+synthetic"]["delta_vs_real"]["auc"] == direct["real+synthetic"]["delta_vs_real"]["auc"]
     assert male["too_small"] is False
     assert sum(g["n"] for g in result["age_band"]["groups"].values()) == 300
@@ -82,3 +88,22 @@ def test_a_group_with_few_cases_of_a_class_is_too_small(scored):
     face_group = evaluate_subgroups(trimmed, [groups[i] for i in index], probs, n_boot=50)["site"]["groups"]["face"]
     assert face_group["n_malignant"] == MIN_PER_CLASS - 1
     assert face_group["too_small"] is True and face_group["arms"]["real"]["auc"] is not None
+
+
+def test_negative_ages_are_unknown_and_lesion_ids_keep_their_kind():
+    rng = np.random.default_rng(3)
+    n = 120
+    y = np.tile([0, 1], n // 2)
+    sex = np.where((np.arange(n) // 2) % 2 == 0, "male", "female")  # both images of a pair: the same sex
+    age = np.where(np.arange(n) < 7, -5.0, 40.0 + np.arange(n) % 40)
+    tests = [Sample(BLANK, int(label), meta={"sex": s, "age": float(a)}) for label, s, a in zip(y, sex, age)]
+    probabilities = {"real": [np.clip(0.5 * y + 0.5 * rng.random(n), 0, 1)]}
+    # image 2k has lesion id k (an int), image 2k+1 id "k" (a string): two lesions, not one
+    mixed = [k // 2 if k % 2 == 0 else str(k // 2) for k in range(n)]
+    result = evaluate_subgroups(tests, mixed, probabilities, n_boot=20)
+    assert result["age_band"]["n_unknown"] == 7  # negative ages: unknown, not a StopIteration
+    assert result["sex"]["groups"]["male"]["n_lesions"] == 60
+    # tuple ids work; both images of a pair share one
+    tuples = [("patient", k // 2) for k in range(n)]
+    male = evaluate_subgroups(tests, tuples, probabilities, n_boot=20)["sex"]["groups"]["male"]
+    assert male["n_lesions"] == 30 and male["arms"]["real"]["auc_ci95"] is not None

@@ -1,4 +1,4 @@
-"""Classification metrics per arm, with lesion-grouped bootstrap CIs (protocol step 8).
+"""Classification metrics per arm, with lesion × seed bootstrap CIs (protocol step 8).
 
 Label 1 = malignant, 0 = benign; a prediction is malignant when
 ``p_malignant >= threshold``.
@@ -7,16 +7,30 @@ Label 1 = malignant, 0 = benign; a prediction is malignant when
 * :func:`evaluate_arms` scores every arm (one probability vector per classifier
   seed, all on the same real test images): the point estimate is the mean over
   seeds, ``<metric>_std`` the sample std across seeds, ``<metric>_ci95`` a
-  percentile interval from a bootstrap that resamples whole lesions (groups)
-  with replacement, and ``delta_vs_<reference>`` the paired difference to the
-  reference arm, computed on the very same resamples.
+  percentile interval from a two-way bootstrap, and ``delta_vs_<reference>``
+  the paired difference to the reference arm, computed on the very same
+  resamples.
+
+Two sources of variation: the test set (which lesions were photographed) and
+training (which classifier seed was drawn). A resample therefore draws whole
+lesions with replacement AND, for an arm trained with K > 1 seeds, K of its
+seed columns with replacement; the arm's value in that resample is the mean
+of the metric over the drawn seeds. Arms with the same K share the seed draws
+(seed k of `real` and of `real+synthetic` start from the same real images and
+initialisation, so they are paired); arms with different K draw independently.
+With K = 1 only lesions are resampled, so the CI is conditional on the one
+trained model: each arm records which in ``ci_resamples`` ("lesions" or
+"lesions+seeds"). Averaging the seeds before a lesion-only bootstrap would
+ignore the training variance: two arms that differ only by seed got a delta CI
+excluding 0 in about a third of runs at K = 5.
 
 The bootstrap is vectorised: a resample is a vector of integer multiplicities
 over the test images (every image of a drawn lesion gets the lesion's count),
 and every metric is evaluated as a weighted metric on those counts, which is
 identical to evaluating it on the resampled images (tests check this against
 scikit-learn, to 1e-12). AUC uses the Mann-Whitney statistic with
-multiplicities, sensitivity-at-specificity the weighted ROC curve.
+multiplicities, sensitivity-at-specificity the weighted ROC curve. The seed
+draws are multiplicities over an arm's seed columns in the same way.
 
 A metric that is undefined (e.g. AUC when the labels hold one class) is
 ``None`` in the results; bootstrap resamples in which it is undefined are
@@ -41,12 +55,15 @@ from sklearn.metrics import (
     roc_curve,
 )
 
+from dermabench.seeding import derive_seed
+
 __all__ = [
     "METRICS",
     "classification_metrics",
     "evaluate_arms",
     "grouped_bootstrap_counts",
     "grouped_bootstrap_indices",
+    "seed_bootstrap_counts",
 ]
 
 METRICS = (
@@ -122,26 +139,64 @@ def _check_threshold(threshold: float) -> float:
     return t
 
 
+def _id_kind(value: Any) -> str:
+    """'number', 'str' or 'other': ids of one kind are numbered in sorted order, mixed ones by first appearance."""
+    if isinstance(value, (bool, np.bool_, int, float, np.integer, np.floating)):
+        return "number"
+    if isinstance(value, str):  # np.str_ is a str
+        return "str"
+    return "other"
+
+
 def _group_codes(groups: Any, n: int) -> tuple[np.ndarray, int]:
-    """Integer code per image (0..G-1, in sorted order of the group ids) and G."""
+    """Integer code per image (0..G-1) and G.
+
+    Ids of one kind (all numbers, or all strings) are numbered in sorted order, so
+    the same ids give the same codes (and the same bootstrap) whether they come as
+    a list, a typed array or an object array. Anything else (tuples, mixed kinds)
+    is numbered in order of first appearance, with Python equality: ``1`` and
+    ``"1"`` are two lesions, ``1`` and ``1.0`` one.
+    """
     if groups is None:
         return np.arange(n), n
-    arr = np.asarray(groups)
-    if arr.ndim != 1:
-        raise ValueError(f"groups must be 1-D (one lesion id per test image), got shape {arr.shape}")
-    if arr.shape[0] != n:
-        raise ValueError(f"groups has {arr.shape[0]} ids but there are {n} test images")
-    if arr.dtype.kind == "f" and np.isnan(arr).any():
-        raise ValueError("groups contains NaN; give every test image a lesion id (or its own image id)")
-    if arr.dtype.kind in "biufUS":
+    if isinstance(groups, np.ndarray):
+        if groups.ndim != 1:
+            raise ValueError(f"groups must be 1-D (one lesion id per test image), got shape {groups.shape}")
+        items = groups.tolist() if groups.dtype.kind == "O" else None
+        arr = groups
+    else:
+        try:
+            items = list(groups)
+        except TypeError:
+            raise ValueError(f"groups must be a sequence of lesion ids, got {type(groups).__name__}") from None
+        arr = None
+    length = len(items) if items is not None else arr.shape[0]
+    if length != n:
+        raise ValueError(f"groups has {length} ids but there are {n} test images")
+    if items is not None:
+        for i, g in enumerate(items):
+            if g is None:
+                raise ValueError(f"groups[{i}] is None; give every test image a lesion id (or its own image id)")
+        kinds = {_id_kind(g) for g in items}
+        if len(kinds) == 1 and kinds != {"other"}:
+            arr = np.array(items)  # one kind: a typed array ('O' only for ints beyond int64)
+        else:
+            arr = None
+    if arr is not None and arr.dtype.kind in "biufUS":
+        if arr.dtype.kind == "f" and np.isnan(arr).any():
+            raise ValueError("groups contains NaN; give every test image a lesion id (or its own image id)")
         uniq, codes = np.unique(arr, return_inverse=True)
         return codes.reshape(-1).astype(np.int64), int(uniq.shape[0])
-    # object ids (mixed types, tuples ...): number them in order of first appearance
+    if items is None:
+        items = arr.tolist()
+    # mixed kinds, tuples, ...: number them in order of first appearance
     seen: dict[Any, int] = {}
     codes = np.empty(n, dtype=np.int64)
-    for i, g in enumerate(arr.tolist()):
+    for i, g in enumerate(items):
         if g is None:
             raise ValueError(f"groups[{i}] is None; give every test image a lesion id (or its own image id)")
+        if isinstance(g, float) and math.isnan(g):
+            raise ValueError("groups contains NaN; give every test image a lesion id (or its own image id)")
         try:
             codes[i] = seen.setdefault(g, len(seen))
         except TypeError:
@@ -215,7 +270,7 @@ def grouped_bootstrap_counts(groups: Any, n_boot: int, rng: np.random.Generator 
     """
     if groups is None:
         raise ValueError("groups is required: one lesion id per test image")
-    codes, n_groups = _group_codes(groups, np.asarray(groups).shape[0])
+    codes, n_groups = _group_codes(groups, groups.shape[0] if isinstance(groups, np.ndarray) else len(groups))
     rng = np.random.default_rng(rng)
     return _draw_group_counts(n_groups, int(n_boot), rng)[:, codes]
 
@@ -231,6 +286,26 @@ def grouped_bootstrap_indices(
     counts = grouped_bootstrap_counts(groups, n_boot, rng)
     idx = np.arange(counts.shape[1])
     return [np.repeat(idx, row) for row in counts]
+
+
+def seed_bootstrap_counts(n_seeds: int, n_boot: int, seed: int) -> np.ndarray:
+    """The seed half of the two-way bootstrap: ``(n_boot, n_seeds)`` multiplicities of an arm's seed columns.
+
+    Each resample draws ``n_seeds`` of the seeds uniformly with replacement.
+    ``evaluate_arms(..., seed=s)`` uses exactly ``seed_bootstrap_counts(k, n_boot, s)``
+    for every arm with ``k > 1`` seeds (one draw shared by all arms with the same
+    ``k``, so their deltas are paired by seed), and all ones for ``k == 1``. The
+    stream is its own (derived from ``s`` and ``k``), so the lesion resamples are
+    those of ``grouped_bootstrap_counts(groups, n_boot, np.random.default_rng(s))``
+    whatever the seed counts.
+    """
+    n_seeds, n_boot = int(n_seeds), int(n_boot)
+    if n_seeds < 1:
+        raise ValueError(f"n_seeds must be >= 1, got {n_seeds}")
+    if n_seeds == 1:
+        return np.ones((n_boot, 1), dtype=np.int64)
+    rng = np.random.default_rng(derive_seed(seed, "bootstrap-seeds", n_seeds))
+    return _draw_group_counts(n_seeds, n_boot, rng)
 
 
 # ----------------------------------------------------------------------------- weighted metrics
@@ -362,7 +437,7 @@ def evaluate_arms(
     seed: int = 0,
     threshold: float = 0.5,
 ) -> dict[str, dict[str, Any]]:
-    """Metrics per arm with lesion-grouped bootstrap CIs and paired deltas to ``reference``.
+    """Metrics per arm with lesion × seed bootstrap CIs and paired deltas to ``reference``.
 
     ``probabilities[arm]`` holds one P(malignant) array per classifier seed,
     all on the same test images as ``y_true``; ``groups`` gives each test
@@ -372,13 +447,19 @@ def evaluate_arms(
         {<metric>: mean over seeds, <metric>_std: sample std over seeds (None for one seed),
          <metric>_ci95: [lo, hi], per_seed: [classification_metrics(...) per seed],
          n_seeds, n_test, n_test_lesions, n_boot, n_boot_valid: {metric: int},
+         ci_resamples: "lesions" (one seed: the CI is conditional on that one trained model)
+                       or "lesions+seeds",
          delta_vs_<reference>: {metric: {value, ci95, p_value, n_boot_valid}}}   # non-reference arms
 
-    In each of ``n_boot`` resamples (whole lesions drawn with replacement) a
-    metric is computed per seed on the resampled images and averaged over the
-    arm's seeds; the CI is the 2.5/97.5 percentile of those averages. Deltas
-    use the same resamples for both arms (paired). Resamples where a metric is
-    undefined for any seed are skipped for it. Deterministic for ``seed``.
+    In each of ``n_boot`` resamples, whole lesions are drawn with replacement
+    (:func:`grouped_bootstrap_counts`) and, for an arm with K > 1 seeds, K seeds
+    with replacement (:func:`seed_bootstrap_counts`); a metric is computed per
+    drawn seed on the resampled images and averaged over the drawn seeds; the CI
+    is the 2.5/97.5 percentile of those averages. Deltas use the same lesion
+    resamples for both arms, and the same seed draws when both have the same K
+    (seed k of each arm is paired), independent ones otherwise. Resamples where
+    a metric is undefined for a drawn seed are skipped for it. Deterministic
+    for ``seed``.
     """
     y = _as_labels(y_true)
     n = y.shape[0]
@@ -410,20 +491,31 @@ def evaluate_arms(
         vals = [d[m] for d in per_seed[a]]
         return None if any(v is None for v in vals) else float(np.mean(vals))
 
-    # ---- bootstrap: mean over each arm's seeds, per resample and metric
+    # ---- bootstrap: mean over each arm's drawn seeds, per resample and metric
     boot = {a: {m: np.empty(n_boot) for m in METRICS} for a in arms}
     if n_boot:
         rng = np.random.default_rng(seed)
         group_counts = _draw_group_counts(n_groups, n_boot, rng)
+        # one seed draw per seed count K, shared by the arms with that K (paired by seed)
+        seed_counts = {k: seed_bootstrap_counts(k, n_boot, seed) for k in sorted({mats[a].shape[1] for a in arms})}
         sorted_scores = [_SortedScores(y, probs[:, j]) for j in range(probs.shape[1])]
         chunk = max(1, _CHUNK_ELEMENTS // max(n, 1))
         for lo in range(0, n_boot, chunk):
             hi = min(n_boot, lo + chunk)
             res = _weighted_metrics(y, probs, sorted_scores, group_counts[lo:hi][:, codes], t)
             for a in arms:
+                k = mats[a].shape[1]
+                drawn_counts = seed_counts[k][lo:hi].astype(np.float64)
+                drawn = drawn_counts > 0
                 for m in METRICS:
-                    # NaN in any seed -> NaN mean -> resample skipped for this metric
-                    boot[a][m][lo:hi] = res[m][:, spans[a]].mean(axis=1)
+                    cols = res[m][:, spans[a]]
+                    if k == 1:
+                        boot[a][m][lo:hi] = cols[:, 0]
+                        continue
+                    mean = (np.where(drawn, cols, 0.0) * drawn_counts).sum(axis=1) / k
+                    # NaN in a drawn seed -> resample skipped for this metric (an undrawn seed does not count)
+                    mean[(np.isnan(cols) & drawn).any(axis=1)] = np.nan
+                    boot[a][m][lo:hi] = mean
 
     results: dict[str, dict[str, Any]] = {}
     for a in arms:
@@ -445,6 +537,7 @@ def evaluate_arms(
         r["n_test_lesions"] = int(n_groups)
         r["n_boot"] = n_boot
         r["n_boot_valid"] = n_valid
+        r["ci_resamples"] = "lesions+seeds" if k > 1 else "lesions"
         if reference is not None and a != reference:
             delta: dict[str, Any] = {}
             for m in METRICS:

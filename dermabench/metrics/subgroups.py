@@ -3,7 +3,7 @@
 A synthetic-data gain on the whole test set can hide a loss on a subgroup (darker
 skin types, acral sites), and dermatology reviewers ask for exactly that table.
 Each subgroup gets the same statistics as the whole set (`evaluate_arms`, the
-lesion-grouped bootstrap, the paired delta to `real`) and its size. Subgroups too
+lesion × seed bootstrap, the paired delta to `real`) and its size. Subgroups too
 small for a stable AUC are flagged `too_small`, never dropped: a reader should see
 that a group exists and was not measured well. Groups with a single class have
 no AUC at all; their metrics are `None` with the reason in `note`.
@@ -30,12 +30,13 @@ KEPT = ("auc", "balanced_accuracy", "sensitivity", "specificity", "sens_at_spec9
 
 
 def age_band(age: Any) -> str | None:
+    """The band of an age in years; None (counted as unknown) when it is missing, not a number, or negative."""
     try:
         value = float(age)
     except (TypeError, ValueError):
         return None
-    if not math.isfinite(value):
-        return None
+    if not math.isfinite(value) or value < 0:
+        return None  # a negative age is a data error: unknown, not a crash of the whole table
     return next(name for low, high, name in AGE_BANDS if low <= value < high)
 
 
@@ -60,6 +61,7 @@ def _slim(arm: Mapping[str, Any], reference: str) -> dict[str, Any]:
     for metric in KEPT:
         out[metric] = arm.get(metric)
         out[f"{metric}_ci95"] = arm.get(f"{metric}_ci95")
+    out["ci_resamples"] = arm.get("ci_resamples")
     delta = arm.get(f"delta_vs_{reference}")
     if delta is not None:
         out[f"delta_vs_{reference}"] = {metric: delta[metric] for metric in KEPT}
@@ -79,7 +81,10 @@ def evaluate_subgroups(
     Attributes with fewer than two known values in the test set are left out.
     """
     y = np.array([s.label for s in test])
-    groups = np.asarray([str(g) for g in groups], dtype=object)
+    ids = list(groups)
+    groups = np.empty(len(ids), dtype=object)  # the ids as given (tuples too): 1 and "1" stay two lesions
+    for i, g in enumerate(ids):
+        groups[i] = g
     out: dict[str, Any] = {}
     for attribute, read in ATTRIBUTES.items():
         values = [read(s.meta) for s in test]
