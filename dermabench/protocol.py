@@ -42,6 +42,10 @@ from dermabench.processes import current as current_processes
 from dermabench.stages import RunLock, Stages
 
 
+#: below this many test images of a class, a run warns that its figures say little
+MIN_TEST_PER_CLASS = 20
+
+
 def resolve_device(device: str, processes: Processes | None = None) -> str:
     if device != "auto":
         return device
@@ -265,6 +269,12 @@ class Run:
             for name, part in (("validation", val), ("test", test)):
                 if len({s.label for s in part}) < 2:
                     raise DermabenchError(f"the {name} set has a single class; the dataset is too small to evaluate")
+            smallest = min(sum(s.label == label for s in test) for label in LABEL_NAMES)
+            if smallest < MIN_TEST_PER_CLASS:
+                self.progress.log(
+                    f"warning: the test set has only {smallest} images of one class (of {len(test)}): its AUC, "
+                    f"FID and their CIs say little; use a larger dataset (at least {MIN_TEST_PER_CLASS} per class)"
+                )
 
         # 3. captions for the train pool
         with self.timed("captions"):
@@ -346,12 +356,13 @@ class Run:
             extractor_context = self.context("extractor", config.extractor, extractor_options)
             fidelity_inputs = {"extractor": self.plugin_info["extractor"], "options": extractor_options,
                                "train_pool": [s.meta["image_id"] for s in train_pool],
+                               "val": [s.meta["image_id"] for s in val],
                                "test": [s.meta["image_id"] for s in test], "synthetic": cached_at.name}  # fmt: skip
             stored = self.stages.load("fidelity", fidelity_inputs, shared=True)
             if stored is None or "closest" not in stored:
                 fidelity, memorization, closest = fidelity_and_memorization(
                     extractor, extractor_context, train_pool, test, synthetic, config.seed, self.progress,
-                    cache_dir=self.cache / "features",
+                    cache_dir=self.cache / "features", val=val,
                 )
                 fidelity["resize"] = RESIZE_METHOD
                 stored = self.stages.save("fidelity", fidelity_inputs,

@@ -159,3 +159,27 @@ def test_a_test_dataset_replaces_the_test_split(tmp_path):
     assert result["config"]["test_dataset"] == "phantom" and result["config"]["test_dataset_options"] == other
     assert result["plugins"]["test_dataset"]["name"] == "phantom"
     assert result["arms"]["real"]["n_test"] == 160
+
+
+def test_a_test_set_too_small_to_say_much_is_warned_about(tmp_path):
+    """200 phantom images leave about ten malignant test images: the run finishes, and says so."""
+    from dermabench.api import Progress
+    from dermabench.protocol import MIN_TEST_PER_CLASS
+
+    class Lines(Progress):
+        def __init__(self):
+            self.lines = []
+
+        def log(self, message):
+            self.lines.append(message)
+
+    progress = Lines()
+    path = run(smoke(tmp_path, dataset_options={"n": 200}, generator="augment", arms="real", n_real=60), progress)
+    result = json.loads(path.read_text())
+    labels = json.loads((path.parent / "predictions.json").read_text())["label"]
+    smallest = min(labels.count(0), labels.count(1))
+    assert smallest < MIN_TEST_PER_CLASS and result["data"]["n_test"] == len(labels)
+    assert [line for line in progress.lines if line.startswith("warning: the test set has only")] == [
+        f"warning: the test set has only {smallest} images of one class (of {len(labels)}): its AUC, FID and their "
+        f"CIs say little; use a larger dataset (at least {MIN_TEST_PER_CLASS} per class)"
+    ]
