@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import re
 import tomllib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -72,9 +73,13 @@ class RunConfig:
         return {key: dict(value) if isinstance(value, Mapping) else value for key, value in data.items()}
 
     def fingerprint(self) -> str:
-        """A short hash of everything that determines the results (not where they are written)."""
+        """A short hash of everything that determines the results (not where they are written), the protocol's
+        version included: a run finished under an older protocol is not this command's run."""
+        from dermabench.results import PROTOCOL
+
         data = self.to_dict()
         data.pop("out")
+        data["protocol"] = PROTOCOL["version"]
         return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:10]
 
 
@@ -152,6 +157,15 @@ def build_config(file_settings: Mapping[str, Any] | None = None, **flags: Any) -
         if key not in _FIELDS:
             raise unknown_name("setting", key, _FIELDS)
     profile_name = flags.get("profile") or file_settings.get("profile") or RunConfig.profile
+    if not isinstance(profile_name, str):
+        raise DermabenchError(f"'profile' must be a string, one of {', '.join(PROFILES)}; got {profile_name!r}")
+    for slot in set(OPTION_TABLES.values()):  # a file may hold a list here; several generators are flags
+        for source in (file_settings, flags):
+            if slot in source and source[slot] is not None and not isinstance(source[slot], str):
+                raise DermabenchError(
+                    f"'{slot}' must be one plugin name (a string), got {source[slot]!r}"
+                    + (" (several generators: repeat --generator on the command line)" if slot == "generator" else "")
+                )
     if profile_name not in PROFILES:
         raise unknown_name("profile", profile_name, PROFILES)
     profile = PROFILES[profile_name]
@@ -182,6 +196,8 @@ def _coerce(settings: dict[str, Any]) -> dict[str, Any]:
         if key == "arms":
             if isinstance(value, str):
                 value = [arm.strip() for arm in value.split(",") if arm.strip()]
+            if not isinstance(value, (list, tuple)) or not all(isinstance(arm, str) for arm in value):
+                raise DermabenchError(f"'arms' must be a list of arm names such as [\"real\", \"synthetic\"], got {value!r}")
             value = tuple(value)
         elif expected == "int" and not isinstance(value, bool):
             try:
@@ -210,6 +226,8 @@ def validate(config: RunConfig) -> RunConfig:
     positive("n_real", allow_zero=True)
     positive("n_synthetic", allow_zero=True)
     positive("n_boot")
+    if not 0 <= config.seed < 2**32:
+        raise DermabenchError(f"--seed must be between 0 and 2**32 - 1, got {config.seed}")
     if config.image_size < 16:
         raise DermabenchError(f"--image-size must be at least 16, got {config.image_size}")
     for arm in config.arms:
@@ -223,14 +241,23 @@ def validate(config: RunConfig) -> RunConfig:
     needs_synth = [arm for arm in config.arms if arm != "real"]
     if needs_synth and config.n_synthetic == 0:
         raise DermabenchError(f"--n-synthetic is 0 but arms {needs_synth} need synthetic images")
+    if config.n_synthetic == 0:
+        raise DermabenchError("--n-synthetic must be > 0: every run measures the fidelity of synthetic images")
     if not (0 < config.val_fraction < 1 and 0 < config.test_fraction < 1):
         raise DermabenchError("val_fraction and test_fraction must lie between 0 and 1")
     if config.val_fraction + config.test_fraction >= 0.9:
         raise DermabenchError("val_fraction + test_fraction leave less than 10 % for training")
     if config.prompt_balance not in ("balanced", "prevalence"):
         raise DermabenchError(f"prompt_balance must be 'balanced' or 'prevalence', got '{config.prompt_balance}'")
-    if config.device not in ("auto", "cpu") and not config.device.startswith(("cuda", "mps")):
+    if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", config.device):
         raise DermabenchError(f"--device must be auto, cpu, cuda[:N] or mps, got '{config.device}'")
+    if config.device.startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            raise DermabenchError(f"--device {config.device}: torch sees no CUDA GPU on this machine")
+    if Path(config.out).exists() and not Path(config.out).is_dir():
+        raise DermabenchError(f"--out {config.out} is a file, not a folder")
     if config.test_data_dir and not config.test_dataset:
         raise DermabenchError("--test-data-dir needs --test-dataset")
     for key in ("data_dir", "test_data_dir"):

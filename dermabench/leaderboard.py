@@ -1,8 +1,9 @@
 """Leaderboards rendered from result JSON files alone; nothing is recomputed.
 
-Rows are grouped by what makes numbers comparable (dataset, test set, profile,
-image size, extractor, N real, N synthetic, protocol version): a ranking never
-mixes FIDs computed with different backbones, sample sizes or definitions. Within a group, rows are sorted by the
+Rows are grouped by what makes numbers comparable (dataset with its options, test
+set, profile, image size, extractor, N real, N synthetic, seed, protocol version):
+a ranking never mixes FIDs computed with different backbones, sample sizes or
+definitions, nor AUCs measured on different test sets. Within a group, rows are sorted by the
 AUC gain of `real+synthetic` over `real`, and the best value of every metric
 column is marked (bold in markdown and LaTeX, a `best` field in CSV and JSON) —
 within its group only, and only where the group has two or more values.
@@ -24,7 +25,9 @@ from typing import Any
 from dermabench.config import PROFILES
 from dermabench.errors import DermabenchError, unknown_name
 
-GROUP_KEYS = ("dataset", "test_dataset", "profile", "image_size", "extractor", "n_real", "n_synthetic", "protocol")
+#: a different seed is a different split, so another test set: rows of two seeds are not rivals
+GROUP_KEYS = ("dataset", "test_dataset", "profile", "image_size", "extractor", "n_real", "n_synthetic", "seed",
+              "protocol")  # fmt: skip
 ARM_COLUMNS = ("real", "real+synthetic", "synthetic", "real+augment")
 IDENTITY_COLUMNS = ("run_id", "generator", "generator_options", "classifier", "classifier_options", "dataset",
                     "test_dataset", "profile", "image_size", "extractor", "n_real", "n_synthetic", "seed",
@@ -62,6 +65,7 @@ def row_of(result: dict) -> dict[str, Any]:
     """One flat leaderboard row from one result dict."""
     config, fidelity, arms = result["config"], result.get("fidelity") or {}, result["arms"]
     generator, classifier = result["plugins"]["generator"]["name"], result["plugins"]["classifier"]["name"]
+    dataset = result["plugins"]["dataset"]["name"]
     profile = PROFILES.get(result["profile"])
     defaults = profile.plugin_options if profile is not None else {}
     row: dict[str, Any] = {
@@ -70,7 +74,7 @@ def row_of(result: dict) -> dict[str, Any]:
         "generator_options": options_text(config.get("generator_options"), defaults.get(generator)),
         "classifier": classifier,
         "classifier_options": options_text(config.get("classifier_options"), defaults.get(classifier)),
-        "dataset": result["plugins"]["dataset"]["name"],
+        "dataset": _with_options(dataset, options_text(config.get("dataset_options"), defaults.get(dataset))),
         "test_dataset": config.get("test_dataset") or "",
         "profile": result["profile"],
         "image_size": config.get("image_size"),
@@ -96,6 +100,10 @@ def row_of(result: dict) -> dict[str, Any]:
                 row[f"delta_{metric}[{arm}]"] = delta.get("value")
                 row[f"delta_{metric}_ci95[{arm}]"] = delta.get("ci95")
     return row
+
+
+def _with_options(name: str, options: str) -> str:
+    return f"{name} ({options})" if options else name
 
 
 def group_key(row: dict[str, Any]) -> tuple:

@@ -11,6 +11,7 @@ import math
 import os
 import platform
 import subprocess
+import sys
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
@@ -156,16 +157,21 @@ def validate_result(result: dict) -> None:
 
 
 def load_results(results_dir: Path) -> Iterator[tuple[Path, dict]]:
-    """Every finished run under `results_dir` (any depth), oldest first; broken files are skipped."""
+    """Every finished run under `results_dir` (any depth; or one result file), oldest first.
+
+    A broken or foreign result file is skipped with a warning on stderr naming it and why: a table that
+    silently lost a row would be trusted."""
     results_dir = Path(results_dir)
     if not results_dir.exists():
         raise DermabenchError(f"results folder does not exist: {results_dir}")
     found = []
-    for path in results_dir.rglob(RESULT_FILE):
+    paths = [results_dir] if results_dir.is_file() else sorted(results_dir.rglob(RESULT_FILE))
+    for path in paths:
         try:
             result = json.loads(path.read_text())
             validate_result(result)
-        except (OSError, ValueError):
+        except (OSError, ValueError, TypeError, AttributeError, KeyError) as exc:  # not a result dict at all
+            print(f"warning: skipped {path}: {exc}", file=sys.stderr)
             continue
         found.append((path, result))
     yield from sorted(found, key=lambda item: item[1].get("created", ""))

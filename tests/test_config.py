@@ -85,7 +85,14 @@ def test_missing_config_file(tmp_path):
         ({"arms": "real,real+synth"}, "unknown arm 'real\\+synth'"),
         ({"arms": "synthetic"}, "must include 'real'"),
         ({"n_synthetic": 0}, "--n-synthetic is 0"),
+        ({"n_synthetic": 0, "arms": "real"}, "--n-synthetic must be > 0"),
         ({"device": "tpu"}, "--device must be"),
+        ({"device": "cudafoo"}, "--device must be"),
+        ({"seed": -1}, "--seed must be between 0 and 2\\*\\*32 - 1, got -1"),
+        ({"seed": 2**32}, "--seed must be between"),
+        ({"arms": 5}, "'arms' must be a list of arm names"),
+        ({"profile": 3}, "'profile' must be a string"),
+        ({"generator": ["augment", "dermaflux"]}, "'generator' must be one plugin name.*repeat --generator"),
         ({"data_dir": "/no/such/folder"}, "--data-dir does not exist"),
         ({"seed": "abc"}, "'seed' must be an integer"),
     ],
@@ -128,3 +135,26 @@ def test_the_training_dataset_itself_is_refused_as_the_test_dataset():
                      dataset_options={"n": 500})  # fmt: skip
     # other options (another seed): another dataset, allowed
     build_config(dataset="phantom", test_dataset="phantom", test_dataset_options={"seed": 3})
+
+
+def test_an_out_that_is_a_file_is_refused(tmp_path):
+    (tmp_path / "results").write_text("not a folder")
+    with pytest.raises(DermabenchError, match="--out .*results is a file, not a folder"):
+        build_config(out=str(tmp_path / "results"))
+
+
+def test_cuda_without_a_gpu_is_refused_before_any_work(monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(DermabenchError, match="--device cuda:1: torch sees no CUDA GPU"):
+        build_config(device="cuda:1")
+
+
+def test_a_run_id_changes_with_the_protocol_version(monkeypatch):
+    """A run finished under protocol 1 is not reported as this command's result under protocol 2."""
+    from dermabench import results
+
+    now = RunConfig().fingerprint()
+    monkeypatch.setitem(results.PROTOCOL, "version", results.PROTOCOL["version"] + 1)
+    assert RunConfig().fingerprint() != now

@@ -59,3 +59,5 @@ def test_the_example_plugin_in_the_docs_works(tmp_path):
     images = list(generator.generate(prompts, dermabench.RunContext(image_size=32)))
     assert [im.size for im in images] == [(32, 32)] * 3
     assert images[0].tobytes() == images[2].tobytes() != images[1].tobytes()
+    with pytest.raises(dermabench.DermabenchError, match="unknown option 'contras'.*Did you mean 'contrast'"):
+        namespace["NoiseGenerator"](contras="0.5")

@@ -23,7 +23,7 @@ def results():
     """Two comparable runs (same group) and one on another extractor (its own group)."""
     return [
         make_result("run-a", "augment", fid=150.123456, auc=0.71234, delta=0.0213),
-        make_result("run-b", "dermaflux", fid=90.987654, auc=0.80321, delta=0.0917, seed=1),
+        make_result("run-b", "dermaflux", fid=90.987654, auc=0.80321, delta=0.0917),
         make_result("run-c", "dermaflux", extractor="inception", fid=12.5, auc=0.9, delta=0.2),
     ]
 
@@ -137,8 +137,13 @@ def test_incomparable_runs_are_never_ranked_together():
 
 def test_other_group_keys_separate_runs_too():
     runs = [make_result("x", dataset="phantom"), make_result("y", dataset="ham10000"),
-            make_result("z", profile="quick"), make_result("w", n_synthetic=60)]  # fmt: skip
-    assert len(json.loads(leaderboard.render(runs, "json"))) == 4
+            make_result("z", profile="quick"), make_result("w", n_synthetic=60),
+            make_result("v", seed=1)]  # another seed: another split, another test set  # fmt: skip
+    other_options = make_result("u")
+    other_options["config"]["dataset_options"] = {"n": "800"}
+    groups = json.loads(leaderboard.render([*runs, other_options], "json"))
+    assert len(groups) == 6
+    assert {g["group"]["dataset"] for g in groups} == {"phantom", "ham10000", "phantom (n=800)"}
 
 
 def test_results_of_two_protocol_versions_are_never_ranked_together():
@@ -225,3 +230,24 @@ def test_cli_leaderboard_formats_and_columns(tmp_path):
     ]
     fmt = runner.invoke(app, ["leaderboard", str(tmp_path), "--format", "tex"])
     assert fmt.exit_code == 2 and "unknown format 'tex'" in fmt.stderr
+
+
+def test_a_broken_result_file_is_named_not_silently_dropped_and_one_result_file_is_accepted(tmp_path):
+    good = make_result("good-run")
+    (tmp_path / "good-run").mkdir()
+    (tmp_path / "good-run" / "result.json").write_text(json.dumps(good))
+    for name, text in (("truncated", json.dumps(good)[:50]), ("a-list", "[]"),
+                       ("future", json.dumps({**good, "schema_version": 99}))):  # fmt: skip
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "result.json").write_text(text)
+    out = CliRunner().invoke(app, ["leaderboard", str(tmp_path), "--format", "csv", "--columns", "run_id"])
+    assert out.exit_code == 0 and [row["run_id"] for row in csv.DictReader(io.StringIO(out.stdout))] == ["good-run"]
+    warnings = sorted(out.stderr.splitlines())
+    assert len(warnings) == 3 and all(
+        line.startswith(f"warning: skipped {tmp_path / name / 'result.json'}: ")
+        for line, name in zip(warnings, ("a-list", "future", "truncated"))
+    )
+    assert "schema_version 99 is not 1" in warnings[1]
+    one = CliRunner().invoke(app, ["leaderboard", str(tmp_path / "good-run" / "result.json"), "--format", "csv",
+                                   "--columns", "run_id"])  # fmt: skip
+    assert one.exit_code == 0 and "good-run" in one.stdout
