@@ -39,6 +39,10 @@ def user_errors(command):
     def wrapper(*args, **kwargs):
         try:
             return command(*args, **kwargs)
+        except KeyboardInterrupt:
+            # finished stages are on disk (atomic writes); say how to get the rest
+            err.print("interrupted: finished stages are kept; run the same command again to resume", highlight=False)
+            raise typer.Exit(130) from None
         except Exception as exc:
             problem = exc if isinstance(exc, DermabenchError) else storage_error(exc)
             if problem is None:
@@ -256,8 +260,8 @@ def preview(
     dataset: Annotated[str, typer.Argument(help="Dataset plugin.")],
     out_path: Annotated[Path, typer.Option("--out", help="PNG to write.")] = Path("preview.png"),
     data_dir: Annotated[Optional[Path], typer.Option(help="Folder of the dataset.")] = None,
-    per_class: Annotated[int, typer.Option(help="Images per class.")] = 8,
-    image_size: Annotated[int, typer.Option(help="Side of each image.")] = 96,
+    per_class: Annotated[int, typer.Option(help="Images per class.", min=1)] = 8,
+    image_size: Annotated[int, typer.Option(help="Side of each image.", min=16)] = 96,
     dataset_opt: Annotated[list[str], typer.Option(help="Dataset option key=value (repeatable).")] = [],
 ) -> None:
     """Save a grid of example images per class."""
@@ -265,6 +269,8 @@ def preview(
     from dermabench.grids import save_grid
     from dermabench.images import to_square_rgb
 
+    if out_path.suffix.lower() != ".png":
+        raise DermabenchError(f"--out {out_path}: the preview is a PNG; name it *.png")
     cls = plugins.get("dataset", dataset).cls
     options = parse_options(dataset_opt, "--dataset-opt")
     chosen: dict[int, list] = {0: [], 1: []}

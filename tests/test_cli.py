@@ -119,3 +119,27 @@ def test_a_generator_option_for_a_generator_not_in_the_run_is_an_error():
     result = invoke("run", "--profile", "smoke", "--generator", "augment", "--generator-opt", "folder.path=x")
     assert result.exit_code == 2
     assert "--generator-opt folder.path: 'folder' is not one of the --generator names ['augment']" in result.stderr
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [(["--per-class", "0"], "--per-class"), (["--image-size", "0"], "--image-size"),
+     (["--out", "grid.jpg"], "the preview is a PNG")],  # fmt: skip
+)
+def test_data_preview_refuses_bad_flags(tmp_path, flags, message):
+    flags = [str(tmp_path / f) if f.endswith(".jpg") else f for f in flags]
+    result = invoke("data", "preview", "phantom", "--out", tmp_path / "grid.png", *flags)
+    assert result.exit_code == 2 and message in result.output
+    assert not (tmp_path / "grid.jpg").exists()
+
+
+def test_ctrl_c_says_how_to_resume(tmp_path, monkeypatch):
+    from dermabench import protocol
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(protocol, "run", interrupted)
+    result = invoke("run", "--profile", "smoke", "--out", tmp_path)
+    assert result.exit_code == 130
+    assert "interrupted: finished stages are kept; run the same command again to resume" in result.stderr
