@@ -23,6 +23,7 @@ What differs stays in each plugin, which says it here:
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import json
 import os
@@ -489,6 +490,10 @@ class TrainedGenerator(dermabench.Generator):
             raise PluginError(f"generator '{self.name}': the train pool is empty")
         key = self._fit_key(train, opts, context)
         fit_dir = Path(context.work_dir) / "fits" / key[:16]
+        with _one_fitter(fit_dir, context):
+            self._fit_once(pipe, train, opts, context, key, fit_dir)
+
+    def _fit_once(self, pipe, train, opts, context, key: str, fit_dir: Path) -> None:
         final = fit_dir / "final"
         t0 = time.perf_counter()
         if (final / "done.json").is_file():
@@ -698,3 +703,29 @@ class TrainedGenerator(dermabench.Generator):
             self._apply_lora(final / LORA_FILE)
         else:
             self._load_saved_pipeline(final, context)
+
+
+@contextlib.contextmanager
+def _one_fitter(fit_dir: Path, context):
+    """Two runs sharing an `--out` that need the same fit take turns: the second waits, then reuses the weights.
+
+    Without this they would train into one checkpoint folder and delete each other's files. A kernel lock
+    (flock; a killed process releases it), taken only by a single-process run: under `accelerate launch`
+    every process of the run trains together, and one of them waiting on the lock would stall the rest.
+    """
+    from accelerate import PartialState
+
+    if PartialState().num_processes > 1:
+        yield
+        return
+    fit_dir.parent.mkdir(parents=True, exist_ok=True)
+    with open(fit_dir.parent / f"{fit_dir.name}.lock", "a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            context.progress.log(f"waiting for another run that is fitting the same model ({fit_dir})")
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)

@@ -12,6 +12,7 @@ from dermabench_plugins.stable_diffusion import StableDiffusionGenerator, Stable
 from PIL import Image
 from trained_generators import MICRO, SIZE, arrays, ctx, lesion_pool, prompts
 
+import dermabench
 from dermabench.errors import DermabenchError, PluginError
 
 EVERY = pytest.mark.parametrize(
@@ -229,3 +230,32 @@ def test_a_learned_vae_trains_on_encoded_mirror_images_not_on_flipped_latents(tm
         assert not torch.allclose(data.variants[:, 0], data.latents.flip(3), atol=1e-2)  # ≠ the flipped latent
     no_flip = gen._training_set(pipe, pool, {**opts, "flip": False}, SIZE, SIZE, context)
     assert no_flip.variants is None and torch.equal(no_flip.latents, data.latents)
+
+
+def test_a_second_run_fitting_the_same_model_waits_then_reuses_the_weights(tmp_path, pool):
+    """Two runs sharing an --out take turns on one fit folder: the second waits for the lock, then reuses."""
+    import fcntl
+    import threading
+    import time
+
+    opts = {"train_steps": "2", "train_batch_size": "4", "model": "micro", "steps": "2"}
+    DermaFluxGenerator(**opts).fit(pool, ctx(tmp_path))  # the fit folder exists, trained once
+    (lock,) = (tmp_path / "fits").glob("*.lock")
+    lines = []
+
+    class Lines(dermabench.Progress):
+        def log(self, message):
+            lines.append(message)
+
+    second = DermaFluxGenerator(**opts)
+    with open(lock, "a") as held:  # another run is fitting right now
+        fcntl.flock(held, fcntl.LOCK_EX)
+        worker = threading.Thread(target=second.fit, args=(pool, ctx(tmp_path, progress=Lines())))
+        worker.start()
+        deadline = time.monotonic() + 120  # loading the model and keying the fit come first: slow on a busy CI
+        while not lines and worker.is_alive() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert worker.is_alive() and lines and lines[0].startswith("waiting for another run that is fitting")
+        fcntl.flock(held, fcntl.LOCK_UN)
+    worker.join(timeout=120)
+    assert not worker.is_alive() and second.last_fit["reused"] is True
