@@ -17,7 +17,8 @@ an edit in the same clock tick could otherwise keep the old signature.
 Layout: `<root>/<size>px/pack-<id>.npy` (an (n, size, size, 3) uint8 array) and
 `pack-<id>.json` (the digests, original modes and rejections of its rows). A run
 appends one pack with whatever it had to decode; the JSON is written last, so a
-pack without one (an interrupted write) is ignored.
+pack without one (an interrupted write) is ignored, and so is a pack whose JSON names
+another resize method than `images.RESIZE_METHOD` (change that text when the method changes).
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from dermabench.images import RESIZE_METHOD
 from dermabench.results import atomic_file, write_bytes_atomic, write_json_atomic
 
 
@@ -75,7 +77,8 @@ class ImageCache:
                 except (OSError, ValueError):
                     continue  # a damaged pack is a miss, never an error
                 array_file = meta_file.with_suffix(".npy")
-                if meta.get("size") != self.size or not array_file.is_file():
+                # a pack resized another way (an older version's method) is not these images
+                if meta.get("size") != self.size or meta.get("resize") != RESIZE_METHOD or not array_file.is_file():
                     continue
                 for row, (digest, mode, rejected) in enumerate(zip(meta["digests"], meta["modes"], meta["rejected"])):
                     self._index[digest] = (array_file, row, mode, rejected)
@@ -139,6 +142,7 @@ class ImageCache:
             np.save(handle, stack)
         meta = {
             "size": self.size,
+            "resize": RESIZE_METHOD,
             "digests": digests,
             "modes": [mode for _, _, mode, _ in self._new],
             "rejected": [rejected for *_, rejected in self._new],

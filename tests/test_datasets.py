@@ -674,6 +674,17 @@ def test_the_image_cache_is_keyed_by_content_and_size(tmp_path):
     assert (other_size.hits, other_size.misses) == (0, 11)
 
 
+def test_images_cached_by_another_resize_method_are_not_reused(tmp_path, monkeypatch):
+    from dermabench import image_cache
+
+    root = broken_and_odd_folder(tmp_path / "data")
+    normalised(root, 16, ImageCache(tmp_path / "cache", 16))
+    monkeypatch.setattr(image_cache, "RESIZE_METHOD", "a resize method of a later version")
+    cache = ImageCache(tmp_path / "cache", 16)
+    normalised(root, 16, cache)
+    assert (cache.hits, cache.misses) == (0, 11)
+
+
 def test_a_settled_unchanged_file_is_not_hashed_again_and_an_edited_one_is(tmp_path, monkeypatch):
     from dermabench import image_cache
 
