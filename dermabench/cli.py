@@ -97,6 +97,9 @@ def run(
     from dermabench.protocol import run as run_protocol
 
     file_settings = read_config_file(config) if config else None
+    twice = sorted({name for name in generator if generator.count(name) > 1})
+    if twice:
+        raise DermabenchError(f"--generator {twice[0]} is given twice; name each generator once")
     every = [build_config(
         file_settings,
         generator=name, classifier=classifier, dataset=dataset,

@@ -54,7 +54,7 @@ Measured difficulty (seed 0): logistic regression on the true attributes, AUC
 the noiseless score on the same held-out patients.
 
 Options (strings from the CLI are coerced): ``n`` (images, default 3000),
-``size`` (pixels, default 64), ``seed`` (default 0). ``data_dir`` is ignored.
+``size`` (pixels, default 64), ``seed`` (default 0). A ``data_dir`` is refused: phantom reads no folder.
 """
 
 from __future__ import annotations
@@ -649,6 +649,11 @@ class PhantomDataset(dermabench.Dataset):
     }
 
     def __init__(self, data_dir: str | None = None, **options: Any) -> None:
+        if data_dir is not None:  # `--data-dir /data/ham10000` without `--dataset ham10000` would run on phantom
+            raise dermabench.DermabenchError(
+                f"dataset 'phantom' renders its images and reads no folder, but --data-dir {data_dir} was given: "
+                "name the dataset that reads it (--dataset ham10000, isic, imagefolder or dermamnist)"
+            )
         super().__init__(data_dir=data_dir)
         self.options = parse_options("dataset 'phantom'", options, self.OPTIONS)
         self.n, self.size, self.seed = self.options["n"], self.options["size"], self.options["seed"]

@@ -143,3 +143,9 @@ def test_ctrl_c_says_how_to_resume(tmp_path, monkeypatch):
     result = invoke("run", "--profile", "smoke", "--out", tmp_path)
     assert result.exit_code == 130
     assert "interrupted: finished stages are kept; run the same command again to resume" in result.stderr
+
+
+def test_a_generator_named_twice_is_refused():
+    result = invoke("run", "--profile", "smoke", "--generator", "augment", "--generator", "augment")
+    assert result.exit_code == 2
+    assert result.stderr.strip() == "error: --generator augment is given twice; name each generator once"

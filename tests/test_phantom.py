@@ -281,3 +281,11 @@ def test_grid_of_phantom_samples(tmp_path):
     out = save_grid(rows, tmp_path / "preview.png", cell=32, title="phantom")
     with Image.open(out) as png:
         assert png.size == image_grid(rows, cell=32, title="phantom").size
+
+
+def test_a_data_dir_is_refused_not_silently_ignored(tmp_path):
+    """`--data-dir` without `--dataset`: the user meant their data, not the embedded phantom."""
+    from dermabench.errors import DermabenchError
+
+    with pytest.raises(DermabenchError, match=r"dataset .phantom. renders its images .* \(--dataset ham10000"):
+        PhantomDataset(data_dir=str(tmp_path))
