@@ -41,6 +41,7 @@ from dermabench import leaderboard, plugins
 from dermabench.api import Progress
 from dermabench.config import OPTION_TABLES, RunConfig, build_config
 from dermabench.errors import DermabenchError, StorageError, unknown_name
+from dermabench.generation import plugin_call
 from dermabench.results import RESULT_FILE, validate_result
 
 __all__ = ["Cell", "SweepResult", "load_sweep", "run_sweep"]
@@ -122,6 +123,7 @@ def load_sweep(path: str | Path) -> tuple[list[Cell], Path]:
 
     cells: list[Cell] = []
     seen: set[str] = set()
+    used: set[str] = set()  # plugin names some cell uses
     for combination in itertools.product(*grid.values()):
         values = dict(zip(grid, combination))
         settings = {**data, **values}
@@ -137,8 +139,13 @@ def load_sweep(path: str | Path) -> tuple[list[Cell], Path]:
         for slot in ("generator", "classifier", "dataset", "extractor", "captioner", "test_dataset"):
             name = getattr(config, slot)
             if name:
+                used.add(name)
                 try:
-                    plugins.get("dataset" if slot == "test_dataset" else slot, name)
+                    registered = plugins.get("dataset" if slot == "test_dataset" else slot, name)
+                    if slot in ("generator", "classifier", "extractor", "captioner"):  # cheap: models load later
+                        # a bad option fails now, not when its cell comes up after hours of other cells
+                        with plugin_call(slot, name, "__init__"):
+                            registered.cls(**dict(getattr(config, f"{slot}_options")))
                 except DermabenchError as exc:
                     key = f"grid.{slot}" if slot in grid else slot
                     raise DermabenchError(f"{path}: '{key}': {exc}") from None
@@ -147,6 +154,9 @@ def load_sweep(path: str | Path) -> tuple[list[Cell], Path]:
             continue
         seen.add(run_id)
         cells.append(Cell(values, config, run_id))
+    unused = sorted(set(options) - used)
+    if unused:  # a misspelt plugin name would otherwise leave its options silently unapplied
+        raise unknown_name(f"plugin in {path} [options.{unused[0]}] (no cell uses it)", unused[0], sorted(used))
     return cells, out
 
 

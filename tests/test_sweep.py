@@ -133,6 +133,8 @@ def test_dry_run_runs_and_writes_nothing(sweep_file, tmp_path):
         (('dataset = "phantom"', 'dataset = "phantom"\nseed = 3'), "{path}: 'seed' is both a fixed setting and 'grid.seed'"),
         (("[options.cnn]", "[options]"), "{path}: 'options' must hold one table per plugin"),
         (('out = "', 'out = "x"\nout2 = "'), "unknown key in {path} 'out2'"),
+        (("epochs = 1", "epocs = 1"), "{path}: 'grid.classifier': classifier 'cnn': unknown option 'epocs'"),
+        (("[options.cnn]", "[options.cnm]"), "unknown plugin in {path} [options.cnm] (no cell uses it) 'cnm'"),
     ],
 )  # fmt: skip
 def test_config_errors_name_the_key(sweep_file, edit, message):
