@@ -43,6 +43,7 @@ JSON_KEYS = (
     "kid_mean",
     "kid_std",
     "kid_subset_size",
+    "kid_subsets",
     "precision",
     "recall",
     "extractor",
@@ -123,7 +124,8 @@ def fid_between_folders(
     numbers = fidelity_metrics(features_a, features_b, seed=seed)
     describe = getattr(model, "describe", None)
     return {
-        **{key: numbers[key] for key in ("fid", "kid_mean", "kid_std", "kid_subset_size", "precision", "recall")},
+        **{key: numbers[key] for key in ("fid", "kid_mean", "kid_std", "kid_subset_size", "kid_subsets",
+                                          "precision", "recall")},
         "extractor": extractor,
         "image_size": image_size,
         "n_a": len(files_a),
@@ -143,7 +145,7 @@ def format_numbers(numbers: Mapping[str, Any]) -> str:
     return "\n".join(
         [
             f"FID        {numbers['fid']:.4f}",
-            f"KID        {numbers['kid_mean']:.6f} ± {numbers['kid_std']:.6f} (subsets of {numbers['kid_subset_size']})",
+            f"KID        {numbers['kid_mean']:.6f} ± {numbers['kid_std']:.6f} (std over {numbers['kid_subsets']} subsets of {numbers['kid_subset_size']})",
             f"precision  {numbers['precision']:.4f}  (B inside A's manifold)",
             f"recall     {numbers['recall']:.4f}  (A inside B's manifold)",
             f"extractor  {numbers['extractor']}, images at {numbers['image_size']} px",

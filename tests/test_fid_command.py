@@ -117,6 +117,7 @@ def test_default_extractor_is_the_offline_efficientnet(tmp_path):
     numbers = json.loads(result.stdout)
     assert numbers["extractor"] == "efficientnet-lite0" and numbers["image_size"] == 64
     assert (numbers["n_a"], numbers["n_b"]) == (5, 4) and numbers["kid_subset_size"] == 4
+    assert numbers["kid_subsets"] == 100  # what kid_std is the spread over
     assert all(isinstance(numbers[key], float) for key in ("fid", "kid_mean", "kid_std", "precision", "recall"))
 
 
