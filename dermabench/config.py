@@ -80,7 +80,19 @@ class RunConfig:
         data = self.to_dict()
         data.pop("out")
         data["protocol"] = PROTOCOL["version"]
+        # `--dataset-opt n=500` (a string) and a profile's or file's n = 500 (a number) are one setting
+        for table in OPTION_TABLES:
+            data[table] = {key: _canonical(value) for key, value in data[table].items()}
         return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:10]
+
+
+def _canonical(value: Any) -> str:
+    """An option value as the command line would spell it: 500 and "500", True and "true", ["a", "b"] and "a,b"."""
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, (list, tuple)):
+        return ",".join(_canonical(item) for item in value)
+    return str(value).strip()
 
 
 @dataclass(frozen=True)

@@ -158,3 +158,11 @@ def test_a_run_id_changes_with_the_protocol_version(monkeypatch):
     now = RunConfig().fingerprint()
     monkeypatch.setitem(results.PROTOCOL, "version", results.PROTOCOL["version"] + 1)
     assert RunConfig().fingerprint() != now
+
+
+def test_an_option_typed_on_the_command_line_is_the_same_run_as_the_number_in_a_file():
+    flag = build_config(dataset_options={"n": "500"}, classifier_options={"flip": "true", "epochs": "3"})
+    file = build_config(dataset_options={"n": 500}, classifier_options={"flip": True, "epochs": 3})
+    assert flag.fingerprint() == file.fingerprint()
+    other_n = build_config(dataset_options={"n": "501"}, classifier_options={"flip": "true", "epochs": "3"})
+    assert other_n.fingerprint() != file.fingerprint()
