@@ -149,3 +149,13 @@ def test_a_generator_named_twice_is_refused():
     result = invoke("run", "--profile", "smoke", "--generator", "augment", "--generator", "augment")
     assert result.exit_code == 2
     assert result.stderr.strip() == "error: --generator augment is given twice; name each generator once"
+
+
+def test_a_finished_runs_command_again_rewrites_nothing(tmp_path):
+    args = ("run", "--profile", "smoke", "--generator", "augment", "--arms", "real", "--out", tmp_path, "--quiet")
+    assert invoke(*args).exit_code == 0
+    (report,) = tmp_path.glob("*/report.html")
+    before = {path: path.stat().st_mtime_ns for path in tmp_path.glob("*/*") if path.is_file()}
+    again = invoke(*args)
+    assert again.exit_code == 0 and f"report: {report}" in again.stderr
+    assert {path: path.stat().st_mtime_ns for path in tmp_path.glob("*/*") if path.is_file()} == before
