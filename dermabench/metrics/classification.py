@@ -174,10 +174,7 @@ def _group_codes(groups: Any, n: int) -> tuple[np.ndarray, int]:
     if length != n:
         raise ValueError(f"groups has {length} ids but there are {n} test images")
     if items is not None:
-        for i, g in enumerate(items):
-            if g is None:
-                raise ValueError(f"groups[{i}] is None; give every test image a lesion id (or its own image id)")
-        kinds = {_id_kind(g) for g in items}
+        kinds = {_id_kind(g) for g in items}  # None is "other": the loop below names it
         if len(kinds) == 1 and kinds != {"other"}:
             arr = np.array(items)  # one kind: a typed array ('O' only for ints beyond int64)
         else:
