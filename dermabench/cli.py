@@ -84,7 +84,7 @@ def run(
     test_dataset_opt: Annotated[list[str], typer.Option(help="Test dataset option key=value (repeatable).")] = [],
     extractor_opt: Annotated[list[str], typer.Option(help="Extractor option key=value (repeatable).")] = [],
     captioner_opt: Annotated[list[str], typer.Option(help="Captioner option key=value (repeatable).")] = [],
-    force: Annotated[bool, typer.Option("--force", help="Start a new run beside a finished or running one.")] = False,
+    force: Annotated[bool, typer.Option("--force", help="Start a new run beside a finished or running one (an interrupted --force run resumes).")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print only the result.")] = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Step durations and the debug log.")] = False,
 ) -> None:

@@ -73,10 +73,8 @@ class Run:
         self.out = Path(config.out)
         self.cache = self.out / ".cache"
         self.run_id = f"{config.dataset}_{config.generator}_{config.classifier}_{config.profile}_{config.fingerprint()}"
-        if force:  # a new run beside the existing one(s): <run_id>-2, -3, ...
-            base, number = self.run_id, 2
-            while (self.out / self.run_id).exists():
-                self.run_id, number = f"{base}-{number}", number + 1
+        if force:
+            self.run_id = self._beside_finished_and_running(self.run_id)
         self.run_dir = self.out / self.run_id
         #: part of the key of every stage record and every cache other runs may reuse; `_execute` adds the
         #: data's fingerprint once it is loaded
@@ -88,6 +86,19 @@ class Run:
         self.plugin_info: dict[str, dict[str, str]] = {}
 
     # -- plumbing -------------------------------------------------------------------------------------------------
+
+    def _beside_finished_and_running(self, base: str) -> str:
+        """`--force`: the first of <run_id>, <run_id>-2, -3, ... that is neither finished nor running.
+
+        An interrupted `--force` run is that first one, so the same command resumes it rather than
+        starting over in yet another folder.
+        """
+        run_id, number = base, 2
+        while (self.out / run_id / RESULT_FILE).exists() or RunLock.held(self.out / run_id):
+            run_id, number = f"{base}-{number}", number + 1
+        # every process must settle on one folder before process 0 takes its lock
+        self.processes.wait()
+        return run_id
 
     def _identity(self) -> dict[str, Any]:
         config = self.config

@@ -140,6 +140,20 @@ class RunLock:
         self.handle = handle
         return self
 
+    @staticmethod
+    def held(run_dir: Path) -> bool:
+        """Whether a process holds the lock of `run_dir` now (it is running)."""
+        path = Path(run_dir) / ".lock"
+        if not path.is_file():
+            return False
+        with open(path) as handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return True
+            fcntl.flock(handle, fcntl.LOCK_UN)
+        return False
+
     def __exit__(self, *exc: object) -> None:
         if self.handle is not None:
             fcntl.flock(self.handle, fcntl.LOCK_UN)

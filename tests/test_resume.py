@@ -95,6 +95,30 @@ def test_force_starts_a_new_run_beside_a_finished_one(tmp_path):
     assert comparable(one) == comparable(two)  # in its own folder, from the same caches
 
 
+def test_an_interrupted_force_run_resumes_with_the_same_command(tmp_path, monkeypatch):
+    """`--force` skips finished and running folders only: the `-2` run, killed before its metrics, resumes."""
+    from dermabench import protocol
+
+    config = smoke(tmp_path, arms="real,synthetic")
+    first = run(config)
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    original = protocol.evaluate_arms
+    monkeypatch.setattr(protocol, "evaluate_arms", killed)
+    with pytest.raises(KeyboardInterrupt):
+        run(config, force=True)
+    interrupted = first.parent.parent / (first.parent.name + "-2")
+    assert interrupted.is_dir() and not (interrupted / "result.json").exists()
+    monkeypatch.setattr(protocol, "evaluate_arms", original)
+    resumed = run(config, force=True)
+    assert resumed.parent == interrupted
+    assert "near_duplicates" in json.loads(resumed.read_text())["resumed_stages"]  # a record of its own folder
+    with RunLock(first.parent.parent / (first.parent.name + "-3")):  # running: --force goes beside it
+        assert run(config, force=True).parent.name == first.parent.name + "-4"
+
+
 def test_another_run_over_the_same_images_reuses_the_classifier_fits_and_nothing_else(tmp_path, monkeypatch):
     """`--force` or more seeds: arm × seed fits that another run finished come from <out>/.cache/arms; a changed
     classifier option, seed or generator trains again."""
