@@ -244,6 +244,8 @@ class Run:
                 with_test=test_samples is None,
             )
             write_json_atomic(self.run_dir / "split.json", split.to_manifest([s.label for s in samples]))
+            split_facts = split.describe()
+            self.warn_about_leaks(split_facts)
             train_pool = [samples[i] for i in split.indices("train")]
             val = [samples[i] for i in split.indices("val")]
             if test_samples is None:
@@ -442,6 +444,7 @@ class Run:
                 "converted_images": data_report["converted_images"],
                 "image_size": config.image_size,
                 "resize": RESIZE_METHOD,
+                "split": split_facts,
                 "near_duplicates": near_duplicates,
                 "dataset_report": data_report,
                 **({"test_dataset_report": test_report} if test_samples is not None else {}),
@@ -462,6 +465,21 @@ class Run:
         written = write_json_atomic(result_path, result, overwrite=False)
         self.processes.wait()
         return written
+
+    def warn_about_leaks(self, split_facts: dict) -> None:
+        """Say when one lesion may be photographed on both sides of the split: that inflates every test metric."""
+        n_images, by_image = sum(split_facts["grouped_by"].values()), split_facts["grouped_by"]["image"]
+        if split_facts["groups_on_two_sides"]:
+            self.progress.log(
+                f"warning: the dataset's official split puts {split_facts['groups_on_two_sides']} lesion(s) or "
+                "patient(s) on two sides; its test metrics are optimistic (data.split in the result)"
+            )
+        if by_image:
+            kind = "its official split is by image" if split_facts["source"] == "official" else "each is split alone"
+            self.progress.log(
+                f"warning: {by_image} of {n_images} images carry no lesion_id or patient_id, so {kind}: two "
+                "photographs of one lesion may sit on both sides (compare such results only with each other)"
+            )
 
     def save_grids(self, train_pool: Sequence[Sample], synthetic: Sequence[Sample], closest_pairs) -> None:
         rows = []

@@ -194,6 +194,11 @@ def _section_overview(result: Mapping[str, Any]) -> str:
     data_pairs = [(key, data.get(key)) for key in ("n_train_pool", "n_val", "n_test", "n_test_lesions",
                                                    "rejected_images", "converted_images", "image_size", "resize")]  # fmt: skip
     data_pairs += [(f"prevalence ({part})", value) for part, value in (data.get("prevalence") or {}).items()]
+    split = data.get("split") or {}
+    if split:
+        grouped = ", ".join(f"{count} by {key}" for key, count in split["grouped_by"].items() if count)
+        data_pairs += [("split", f"{split['source']}; images grouped {grouped}; "
+                                 f"{split['groups_on_two_sides']} lesions/patients on two sides")]  # fmt: skip
     return (
         '<div class="cols"><div><h3>Plugins</h3>'
         + table(["slot", "name", "plugin", "version"], plugins_rows, numeric_from=99)

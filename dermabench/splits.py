@@ -38,9 +38,30 @@ class Split:
     assignment: tuple[str, ...]  # "train" | "val" | "test" per sample
     image_ids: tuple[str, ...]
     groups: tuple[str, ...]
+    #: "grouped" (ours, by lesion) or "official" (the dataset's own, which may not respect lesions)
+    source: str = "grouped"
 
     def indices(self, name: str) -> list[int]:
         return [i for i, split in enumerate(self.assignment) if split == name]
+
+    def describe(self) -> dict:
+        """Where the split came from and what kept images together: the result's `data.split`.
+
+        `grouped_by` counts images by the id that grouped them (lesion_id, patient_id, or none: the image
+        alone); `groups_on_two_sides` counts lesions/patients whose images sit in two of train/val/test,
+        which only a dataset's official split can do.
+        """
+        grouped_by = {"lesion_id": 0, "patient_id": 0, "image": 0}
+        sides: dict[str, set[str]] = {}
+        for group, split in zip(self.groups, self.assignment):
+            grouped_by[group.split(":", 1)[0]] += 1
+            if split in SPLITS:
+                sides.setdefault(group, set()).add(split)
+        return {
+            "source": self.source,
+            "grouped_by": grouped_by,
+            "groups_on_two_sides": sum(len(parts) > 1 for parts in sides.values()),
+        }
 
     def to_manifest(self, labels: Sequence[int]) -> dict:
         return {
@@ -98,6 +119,7 @@ def official_split(samples: Sequence[Sample], with_test: bool = True) -> Split |
         tuple(names),
         tuple(str(s.meta.get("image_id", i)) for i, s in enumerate(samples)),
         tuple(group_of(s, i) for i, s in enumerate(samples)),
+        source="official",
     )
 
 

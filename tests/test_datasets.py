@@ -556,6 +556,34 @@ def test_dermamnist_official_split_and_mapping(tmp_path):
     assert [s.label for s in picked if s.meta["official_split"] == "train"] == [0, 0, 0, 0, 1, 0, 0]
 
 
+def test_a_run_on_dermamnist_uses_its_split_and_says_it_is_by_image(tmp_path):
+    """DermaMNIST has no lesion ids: the run keeps its official split, records so, and warns of the leak risk."""
+    from dermabench.api import Progress
+    from dermabench.config import build_config
+    from dermabench.protocol import run
+
+    class Lines(Progress):
+        def __init__(self):
+            self.lines = []
+
+        def log(self, message):
+            self.lines.append(message)
+
+    counts = {"train": 160, "val": 40, "test": 60}
+    npz = dermamnist_npz(tmp_path / "d.npz", {name: [4, 5, 1, 2] * (n // 4) for name, n in counts.items()})
+    progress = Lines()
+    config = build_config(profile="smoke", out=str(tmp_path / "out"), dataset="dermamnist", data_dir=str(npz),
+                          generator="augment", arms="real", n_real=60)  # fmt: skip
+    result = json.loads(run(config, progress).read_text())
+    assert result["data"]["split"] == {
+        "source": "official", "grouped_by": {"lesion_id": 0, "patient_id": 0, "image": 260}, "groups_on_two_sides": 0
+    }  # fmt: skip
+    assert (result["data"]["n_train_pool"], result["data"]["n_val"]) == (160, 40)
+    assert "warning: 260 of 260 images carry no lesion_id or patient_id, so its official split is by image" in "".join(
+        progress.lines
+    )
+
+
 def test_dermamnist_file_errors(tmp_path):
     dermamnist_npz(tmp_path / "a.npz", {"train": [0, 4], "val": [4], "test": [5]})
     dermamnist_npz(tmp_path / "b.npz", {"train": [0, 4], "val": [4], "test": [5]})

@@ -136,3 +136,21 @@ def test_official_split_wins_when_every_sample_has_one(tmp_path):
     assert not (tmp_path / "m.json").exists()
     cross = load_or_make_split(tmp_path / "m.json", samples, 0, 0.2, 0.2, False)
     assert "test" not in cross.assignment and cross.assignment[2] == "unused"
+
+
+def test_a_split_says_where_it_came_from_and_which_lesions_straddle_it(tmp_path):
+    """An official split may put one lesion's photographs in train and test; ours never does."""
+    names = ["train", "test", "val"]
+    samples = [
+        Sample(BLANK, i % 2, meta={"image_id": f"i{i}", "official_split": names[i % 3],
+                                   **({"lesion_id": f"L{i // 2}"} if i < 20 else {})})  # fmt: skip
+        for i in range(30)
+    ]
+    official = load_or_make_split(tmp_path / "m.json", samples, 0, 0.2, 0.2, True).describe()
+    # lesions L0..L9 hold images i = 2k, 2k+1, whose official splits differ for every k
+    assert official == {
+        "source": "official", "grouped_by": {"lesion_id": 20, "patient_id": 0, "image": 10}, "groups_on_two_sides": 10
+    }  # fmt: skip
+    ours = [Sample(BLANK, s.label, meta={k: v for k, v in s.meta.items() if k != "official_split"}) for s in samples]
+    grouped = grouped_split(ours, seed=0, val_fraction=0.2, test_fraction=0.2).describe()
+    assert grouped["source"] == "grouped" and grouped["groups_on_two_sides"] == 0
