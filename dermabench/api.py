@@ -118,6 +118,14 @@ class Generator(Plugin):
         """
         return {}
 
+    def available_images(self) -> Mapping[int, int] | None:
+        """The most images of each label (0 benign, 1 malignant) this generator can give, or None: no limit.
+
+        The host checks its prompt counts against this right after the split, so a folder of pre-generated
+        images too small for `--n-synthetic` fails in seconds, before captions and `fit`.
+        """
+        return None
+
 
 class Classifier(Plugin):
     """A benign-vs-malignant classifier. Subclass and register with `register_classifiers`."""

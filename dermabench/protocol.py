@@ -20,7 +20,7 @@ import numpy as np
 
 import dermabench
 from dermabench import plugins
-from dermabench.api import LABEL_NAMES, Plugin, Progress, RunContext, Sample
+from dermabench.api import LABEL_NAMES, Generator, Plugin, Progress, RunContext, Sample
 from dermabench.arms import build_arms, train_arms
 from dermabench.config import RunConfig
 from dermabench.errors import DermabenchError, storage_errors
@@ -33,7 +33,7 @@ from dermabench.images import RESIZE_METHOD, normalise_samples
 from dermabench.metrics.classification import evaluate_arms
 from dermabench.metrics.subgroups import evaluate_subgroups
 from dermabench.near_duplicates import find_near_duplicates
-from dermabench.prompts import make_prompts
+from dermabench.prompts import class_counts, make_prompts
 from dermabench.data_fingerprint import copies_of, data_fingerprint, image_digest
 from dermabench.results import PROTOCOL, RESULT_FILE, SCHEMA_VERSION, environment, git_commit, write_json_atomic
 from dermabench.splits import group_of, load_or_make_split
@@ -289,6 +289,10 @@ class Run:
                     f"FID and their CIs say little; use a larger dataset (at least {MIN_TEST_PER_CLASS} per class)"
                 )
 
+        generator_options = dict(config.generator_options)
+        generator = self.instantiate("generator", config.generator, generator_options)
+        self.check_available_images(generator, class_counts(config.n_synthetic, train_pool, config.prompt_balance))
+
         # 3. captions for the train pool
         with self.timed("captions"):
             captioner = self.instantiate("captioner", config.captioner, dict(config.captioner_options))
@@ -306,8 +310,6 @@ class Run:
             train_pool = [replace(s, caption=c) for s, c in zip(train_pool, captions)]
 
         # 4–5. fit the generator on the train pool, then generate from prompts
-        generator_options = dict(config.generator_options)
-        generator = self.instantiate("generator", config.generator, generator_options)
         generator_context = self.context("generator", config.generator, generator_options)
         prompts = make_prompts(train_pool, config.n_synthetic, config.seed, config.prompt_balance)
         key_parts = {
@@ -465,6 +467,20 @@ class Run:
         written = write_json_atomic(result_path, result, overwrite=False)
         self.processes.wait()
         return written
+
+    def check_available_images(self, generator: Generator, wanted: dict[int, int]) -> None:
+        """Fail now, not after captions and fit, when the generator cannot give as many images as prompted."""
+        with plugin_call("generator", self.config.generator, "available_images"):
+            available = generator.available_images()
+        if available is None:
+            return
+        for label, count in wanted.items():
+            if count > available.get(label, 0):
+                raise DermabenchError(
+                    f"generator '{self.config.generator}' has {available.get(label, 0)} {LABEL_NAMES[label]} images "
+                    f"but the run prompts for {count} (--n-synthetic {self.config.n_synthetic}, "
+                    f"prompt_balance = {self.config.prompt_balance}); lower --n-synthetic or add images"
+                )
 
     def warn_about_leaks(self, split_facts: dict) -> None:
         """Say when one lesion may be photographed on both sides of the split: that inflates every test metric."""

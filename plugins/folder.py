@@ -168,6 +168,9 @@ class FolderGenerator(dermabench.Generator):
             "n_malignant": len(self.images[1]),
         }
 
+    def available_images(self) -> dict[int, int]:
+        return {label: len(paths) for label, paths in self.images.items()}
+
     def fit(self, train: Sequence[dermabench.Sample], context: dermabench.RunContext) -> None:
         """Nothing to learn; starts serving from the first image of each class again."""
         self._next = {0: 0, 1: 0}

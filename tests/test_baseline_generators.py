@@ -160,6 +160,27 @@ def test_folder_not_enough_images_of_a_class(subfolders):
         gen.generate(prompts([1] * 5 + [0]), CTX)
 
 
+def test_a_folder_too_small_for_the_run_fails_before_captions(subfolders, tmp_path, monkeypatch):
+    """4 benign + 2 malignant images cannot serve 120 balanced prompts: the run says so right after the split."""
+    from dermabench.config import build_config
+    from dermabench.protocol import run
+    from dermabench_plugins.abcd_captioner import ABCDCaptioner
+
+    def never(*args, **kwargs):
+        raise AssertionError("captions were made before the image count was checked")
+
+    monkeypatch.setattr(ABCDCaptioner, "caption", never)
+    config = build_config(profile="smoke", out=str(tmp_path / "out"), generator="folder",
+                          generator_options={"path": str(subfolders)}, arms="real")  # fmt: skip
+    with pytest.raises(DermabenchError) as info:
+        run(config)
+    assert str(info.value) == (
+        "generator 'folder' has 4 benign images but the run prompts for 60 (--n-synthetic 120, "
+        "prompt_balance = balanced); lower --n-synthetic or add images"
+    )
+    assert FolderGenerator(path=str(subfolders)).available_images() == {0: 4, 1: 2}
+
+
 def test_folder_csv_layout(tmp_path):
     root = tmp_path / "flux"
     write_images(root, ["img/x1.png", "img/x2.png", "img/x3.png"], (10, 20, 30))
