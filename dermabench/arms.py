@@ -61,7 +61,10 @@ def build_arms(run: Run, train_pool: Sequence[Sample], synthetic: Sequence[Sampl
     config = run.config
     real = real_subset(train_pool, config.n_real, config.seed)
     if len(real) < config.n_real:
-        run.progress.log(f"the train pool has only {len(real)} images; the real arms use all of them")
+        run.progress.log(
+            f"warning: --n-real {config.n_real} is more than the train pool's {len(real)} images; the arms use "
+            f"all {len(real)} (each arm's n_real in the result says so)"
+        )
     arms: dict[str, list[Sample]] = {}
     for arm in config.arms:
         if arm == "real":

@@ -573,13 +573,18 @@ def test_a_run_on_dermamnist_uses_its_split_and_says_it_is_by_image(tmp_path):
     npz = dermamnist_npz(tmp_path / "d.npz", {name: [4, 5, 1, 2] * (n // 4) for name, n in counts.items()})
     progress = Lines()
     config = build_config(profile="smoke", out=str(tmp_path / "out"), dataset="dermamnist", data_dir=str(npz),
-                          generator="augment", arms="real", n_real=60)  # fmt: skip
+                          generator="augment", arms="real", n_real=1000)  # fmt: skip
     result = json.loads(run(config, progress).read_text())
     assert result["data"]["split"] == {
         "source": "official", "grouped_by": {"lesion_id": 0, "patient_id": 0, "image": 260}, "groups_on_two_sides": 0
     }  # fmt: skip
     assert (result["data"]["n_train_pool"], result["data"]["n_val"]) == (160, 40)
     assert "warning: 260 of 260 images carry no lesion_id or patient_id, so its official split is by image" in "".join(
+        progress.lines
+    )
+    # and an --n-real beyond the train pool is said, and recorded as what was used
+    assert result["arms"]["real"]["n_real"] == 160
+    assert "warning: --n-real 1000 is more than the train pool's 160 images; the arms use all 160" in "".join(
         progress.lines
     )
 
