@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from dermabench.api import Prompt, Sample
+from dermabench.config import canonical_options
 from dermabench.errors import DermabenchError, PluginError
 from dermabench.generation import check_images, plugin_call
 from dermabench.results import write_json_atomic
@@ -134,7 +135,7 @@ def train_arms(
     test_images = [s.image for s in test]
     jobs = [(arm, seed) for arm in arms for seed in seeds]
     run.instantiate("classifier", config.classifier, options)  # records the plugin; cheap: models build in fit
-    common = {**(stage_inputs or {}), "classifier": run.plugin_info["classifier"], "options": options,
+    common = {**(stage_inputs or {}), "classifier": run.plugin_info["classifier"], "options": canonical_options(options),
               "image_size": config.image_size}  # fmt: skip
     # an arm without synthetic images (`real`) does not depend on the generator: every generator's run over the
     # same split shares its records, so all of them are compared with the very same `real` baseline

@@ -82,8 +82,14 @@ class RunConfig:
         data["protocol"] = PROTOCOL["version"]
         # `--dataset-opt n=500` (a string) and a profile's or file's n = 500 (a number) are one setting
         for table in OPTION_TABLES:
-            data[table] = {key: _canonical(value) for key, value in data[table].items()}
+            data[table] = canonical_options(data[table])
         return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:10]
+
+
+def canonical_options(options: Mapping[str, Any]) -> dict[str, str]:
+    """Plugin options as the command line spells them, for every key that caches hold: `--dataset-opt n=500`
+    and a profile's or file's `n = 500` are one setting and must find the same cached work."""
+    return {key: _canonical(value) for key, value in options.items()}
 
 
 def _canonical(value: Any) -> str:

@@ -31,6 +31,7 @@ import numpy as np
 from PIL import Image
 
 from dermabench.api import FeatureExtractor
+from dermabench.config import canonical_options
 from dermabench.results import write_bytes_atomic
 
 FORMAT_VERSION = 1
@@ -51,7 +52,7 @@ def extractor_identity(extractor: FeatureExtractor, describe: dict[str, Any]) ->
         "name": extractor.name,
         "class": f"{cls.__module__}.{cls.__qualname__}",
         "describe": describe,
-        "options": dict(extractor.options),
+        "options": canonical_options(extractor.options),
     }
 
 

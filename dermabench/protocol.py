@@ -22,7 +22,7 @@ import dermabench
 from dermabench import plugins
 from dermabench.api import LABEL_NAMES, Generator, Plugin, Progress, RunContext, Sample
 from dermabench.arms import build_arms, train_arms
-from dermabench.config import RunConfig
+from dermabench.config import RunConfig, canonical_options
 from dermabench.errors import DermabenchError, storage_errors
 from dermabench.fidelity_step import closest_rows, fidelity_and_memorization
 from dermabench import generation
@@ -106,8 +106,8 @@ class Run:
             # the device's kind, not its index: the processes of one run (cuda:0, cuda:1, ...) share records
             "seed": config.seed, "profile": config.profile, "device": self.device.split(":")[0],
             "image_size": config.image_size,
-            "dataset": [config.dataset, dict(config.dataset_options), config.data_dir],
-            "test_dataset": [config.test_dataset, dict(config.test_dataset_options), config.test_data_dir],
+            "dataset": [config.dataset, canonical_options(config.dataset_options), config.data_dir],
+            "test_dataset": [config.test_dataset, canonical_options(config.test_dataset_options), config.test_data_dir],
             "dermabench": dermabench.__version__, "protocol": PROTOCOL["version"],
         }  # fmt: skip
 
@@ -117,7 +117,7 @@ class Run:
         return dict(self.identity)
 
     def context(self, kind: str, name: str, options: dict, **overrides: Any) -> RunContext:
-        work_dir = self.cache / "plugins" / f"{kind}-{name}-{options_hash(options)}"
+        work_dir = self.cache / "plugins" / f"{kind}-{name}-{options_hash(canonical_options(options))}"
         work_dir.mkdir(parents=True, exist_ok=True)
         base = dict(
             device=self.device,
@@ -227,7 +227,7 @@ class Run:
                 {
                     "data": self.identity["data"],
                     "dataset": config.dataset,
-                    "options": dict(config.dataset_options),
+                    "options": canonical_options(config.dataset_options),
                     "data_dir": str(Path(config.data_dir).resolve()) if config.data_dir else None,
                     "seed": config.seed,
                     "val": config.val_fraction,
@@ -296,7 +296,7 @@ class Run:
         # 3. captions for the train pool
         with self.timed("captions"):
             captioner = self.instantiate("captioner", config.captioner, dict(config.captioner_options))
-            caption_inputs = {"captioner": self.plugin_info["captioner"], "options": dict(config.captioner_options),
+            caption_inputs = {"captioner": self.plugin_info["captioner"], "options": canonical_options(config.captioner_options),
                               "images": [s.meta["image_id"] for s in train_pool]}  # fmt: skip
             captions = self.stages.load("captions", caption_inputs, shared=True)
             if captions is None:
@@ -319,9 +319,9 @@ class Run:
             "device": self.device.split(":")[0],
             "generator": config.generator,
             "version": self.plugin_info["generator"]["version"],
-            "options": generator_options,
+            "options": canonical_options(generator_options),
             "dermabench": dermabench.__version__,
-            "dataset": [config.dataset, dict(config.dataset_options), config.data_dir],
+            "dataset": [config.dataset, canonical_options(config.dataset_options), config.data_dir],
             "train_pool": sorted(s.meta["image_id"] for s in train_pool),
         }
         cached_at = generation.cache_path(generator, prompts, generator_context, self.cache / "generated", key_parts)
@@ -369,7 +369,7 @@ class Run:
             extractor_options = dict(config.extractor_options)
             extractor = self.instantiate("extractor", config.extractor, extractor_options)
             extractor_context = self.context("extractor", config.extractor, extractor_options)
-            fidelity_inputs = {"extractor": self.plugin_info["extractor"], "options": extractor_options,
+            fidelity_inputs = {"extractor": self.plugin_info["extractor"], "options": canonical_options(extractor_options),
                                "train_pool": [s.meta["image_id"] for s in train_pool],
                                "val": [s.meta["image_id"] for s in val],
                                "test": [s.meta["image_id"] for s in test], "synthetic": cached_at.name}  # fmt: skip

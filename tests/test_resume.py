@@ -230,6 +230,26 @@ def test_force_reads_captions_and_fidelity_that_another_run_computed(tmp_path, m
     assert calls == ["captions", "fidelity"]
 
 
+def test_options_spelled_as_on_the_command_line_find_the_same_caches(tmp_path, monkeypatch):
+    """`--dataset-opt n=500 --classifier-opt epochs=3` (strings) is the smoke profile's n = 500, epochs = 3: a
+    --force run spelled so captions nothing, computes no fidelity and fits no classifier."""
+    from dermabench import protocol
+    from dermabench_plugins.abcd_captioner import ABCDCaptioner
+    from dermabench_plugins.cnn import CNNClassifier
+
+    first = json.loads(run(smoke(tmp_path, generator="augment", arms="real,synthetic")).read_text())
+    calls = []
+    monkeypatch.setattr(ABCDCaptioner, "caption", lambda *a: calls.append("captions"))
+    monkeypatch.setattr(protocol, "fidelity_and_memorization", lambda *a, **k: calls.append("fidelity"))
+    monkeypatch.setattr(CNNClassifier, "fit", lambda *a: calls.append("fit"))
+    spelled = smoke(tmp_path, generator="augment", arms="real,synthetic", dataset_options={"n": "500"},
+                    classifier_options={"epochs": "3"})  # fmt: skip
+    again = json.loads(run(spelled, force=True).read_text())
+    assert calls == []
+    assert again["arms"]["synthetic"]["auc"] == first["arms"]["synthetic"]["auc"]
+    assert again["fidelity"]["fid"] == first["fidelity"]["fid"]
+
+
 def test_a_run_in_progress_is_locked(tmp_path):
     config = smoke(tmp_path)
     busy = Run(config)
