@@ -17,13 +17,14 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Sequence
 
+from PIL import Image
+
 from dermabench.api import Sample
 from dermabench.splits import group_of
 
 
-def image_digest(sample: Sample) -> bytes:
-    """BLAKE2b of one normalised image's mode, size and pixels."""
-    image = sample.image
+def image_digest(image: Image.Image) -> bytes:
+    """BLAKE2b of one image's mode, size and pixels: equal digests, equal images."""
     digest = hashlib.blake2b(f"{image.mode}:{image.size[0]}x{image.size[1]}:".encode(), digest_size=16)
     digest.update(image.tobytes())
     return digest.digest()

@@ -32,18 +32,15 @@ from PIL import Image
 
 from dermabench.api import FeatureExtractor
 from dermabench.config import canonical_options
+from dermabench.data_fingerprint import image_digest
 from dermabench.results import write_bytes_atomic
 
 FORMAT_VERSION = 1
 
 
 def images_digest(images: Sequence[Image.Image]) -> str:
-    """BLAKE2b of the images' modes, sizes and pixels, in order."""
-    digest = hashlib.blake2b(digest_size=16)
-    for image in images:
-        digest.update(f"{image.mode}:{image.size[0]}x{image.size[1]}:".encode())
-        digest.update(image.tobytes())
-    return digest.hexdigest()
+    """BLAKE2b of the images' digests (mode, size and pixels of each), in order."""
+    return hashlib.blake2b(b"".join(image_digest(image) for image in images), digest_size=16).hexdigest()
 
 
 def extractor_identity(extractor: FeatureExtractor, describe: dict[str, Any]) -> dict[str, Any]:

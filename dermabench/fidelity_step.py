@@ -41,7 +41,7 @@ from dermabench.errors import PluginError
 from dermabench.feature_cache import FeatureCache
 from dermabench.generation import plugin_call
 from dermabench.metrics.fidelity import fid_from_statistics, fid_statistics, fidelity_metrics, kid
-from dermabench.metrics.memorization import memorization, nearest_neighbours
+from dermabench.metrics.memorization import memorization, nearest_neighbours, unit_rows
 from dermabench.seeding import derive_seed
 
 CLOSEST_PAIRS_SHOWN = 8
@@ -206,7 +206,7 @@ def fidelity_and_memorization(
         **{k: v for k, v in found.items() if not isinstance(v, np.ndarray)},
     }
     # the real test images' own distance to the train pool, kept as before (a diagnostic, not the yardstick)
-    _, test_distances = nearest_neighbours(_unit(test_features), _unit(train_features))
+    _, test_distances = nearest_neighbours(unit_rows(test_features, "test"), unit_rows(train_features, "train"))
     memo["n_test"], memo["test_median_distance"] = len(test), float(np.median(test_distances))
     order = np.argsort(distances)[:CLOSEST_PAIRS_SHOWN]
     closest = {"synthetic": [int(i) for i in order], "nearest_train": [int(nearest[i]) for i in order]}
@@ -223,10 +223,6 @@ def closest_rows(closest: dict, synthetic: Sequence[Sample], train_pool: Sequenc
         ("synthetic", [synthetic[i].image for i in closest["synthetic"]]),
         ("nearest train", [train_pool[i].image for i in closest["nearest_train"]]),
     ]
-
-
-def _unit(features: np.ndarray) -> np.ndarray:
-    return features / np.maximum(np.linalg.norm(features, axis=1, keepdims=True), 1e-12)
 
 
 def _describe(extractor: FeatureExtractor) -> dict:

@@ -215,10 +215,10 @@ class Run:
                 )
 
             # every cache is keyed by what the data holds, not only by its image ids (data_fingerprint.py)
-            digests = [image_digest(s) for s in samples]
+            digests = [image_digest(s.image) for s in samples]
             self.identity["data"] = data_fingerprint(samples, digests)
             if test_samples is not None:
-                test_digests = [image_digest(s) for s in test_samples]
+                test_digests = [image_digest(s.image) for s in test_samples]
                 self.identity["test_data"] = data_fingerprint(test_samples, test_digests)
 
         # 2. grouped, stratified split, saved as a manifest and reused

@@ -37,7 +37,8 @@ ARRAY_KEYS = ("nearest_train_index", "distances")
 _CHUNK_BYTES = 64 * 2**20
 
 
-def _normalised(x: Any, what: str) -> np.ndarray:
+def unit_rows(x: Any, what: str) -> np.ndarray:
+    """`x` as float64 rows of length 1, the input `nearest_neighbours` needs; ValueError naming `what` if unfit."""
     arr = np.asarray(x, dtype=np.float64)
     if arr.ndim != 2 or arr.shape[0] < 1:
         raise ValueError(f"memorization: {what} features must be a non-empty 2-d array (n, dim), got shape {arr.shape}")
@@ -100,9 +101,9 @@ def memorization(
         raise ValueError(f"memorization: quantile must be in (0, 1), got {quantile}")
     if (synthetic_labels is None) != (calibration_labels is None):
         raise ValueError("memorization: give both synthetic_labels and calibration_labels, or neither")
-    s = _normalised(synthetic, "synthetic")
-    tr = _normalised(train, "train")
-    cal = _normalised(calibration, "calibration")
+    s = unit_rows(synthetic, "synthetic")
+    tr = unit_rows(train, "train")
+    cal = unit_rows(calibration, "calibration")
     if not s.shape[1] == tr.shape[1] == cal.shape[1]:
         raise ValueError(
             f"memorization: feature dims differ (synthetic {s.shape[1]}, train {tr.shape[1]}, "
