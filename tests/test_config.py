@@ -166,3 +166,17 @@ def test_an_option_typed_on_the_command_line_is_the_same_run_as_the_number_in_a_
     assert flag.fingerprint() == file.fingerprint()
     other_n = build_config(dataset_options={"n": "501"}, classifier_options={"flip": "true", "epochs": "3"})
     assert other_n.fingerprint() != file.fingerprint()
+
+
+@pytest.mark.parametrize("classifier", ["cnn", "vit", "efficientnet", "resnet", "convnext"])
+def test_paper_trains_every_classifier_800_steps_and_the_cpu_profiles_160(classifier):
+    """The paper profile's nominal epoch is its 2,500 real images; an explicit option still wins."""
+    from dermabench import plugins
+
+    def steps(profile, **options):
+        config = build_config(profile=profile, classifier=classifier, classifier_options=options)
+        model = plugins.get("classifier", classifier).cls(**dict(config.classifier_options))
+        return model.total_steps()
+
+    assert steps("paper") == 20 * 40 and steps("quick") == 20 * 8
+    assert steps("paper", epoch_size="640") == 20 * 10
