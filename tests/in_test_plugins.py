@@ -6,6 +6,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from dermabench import plugins
+from dermabench.api import Progress
 
 
 @contextmanager
@@ -17,3 +18,13 @@ def registered_plugin(plugin: object, name: str) -> Iterator[object]:
         yield plugin
     finally:
         plugins.pm.unregister(plugin)
+
+
+class RecordedProgress(Progress):
+    """A progress reporter that keeps every logged line in `lines`, for tests of what a run says."""
+
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+
+    def log(self, message: str) -> None:
+        self.lines.append(message)

@@ -558,20 +558,14 @@ def test_dermamnist_official_split_and_mapping(tmp_path):
 
 def test_a_run_on_dermamnist_uses_its_split_and_says_it_is_by_image(tmp_path):
     """DermaMNIST has no lesion ids: the run keeps its official split, records so, and warns of the leak risk."""
-    from dermabench.api import Progress
+    from in_test_plugins import RecordedProgress
+
     from dermabench.config import build_config
     from dermabench.protocol import run
 
-    class Lines(Progress):
-        def __init__(self):
-            self.lines = []
-
-        def log(self, message):
-            self.lines.append(message)
-
     counts = {"train": 160, "val": 40, "test": 60}
     npz = dermamnist_npz(tmp_path / "d.npz", {name: [4, 5, 1, 2] * (n // 4) for name, n in counts.items()})
-    progress = Lines()
+    progress = RecordedProgress()
     config = build_config(profile="smoke", out=str(tmp_path / "out"), dataset="dermamnist", data_dir=str(npz),
                           generator="augment", arms="real", n_real=1000)  # fmt: skip
     result = json.loads(run(config, progress).read_text())

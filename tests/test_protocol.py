@@ -163,17 +163,11 @@ def test_a_test_dataset_replaces_the_test_split(tmp_path):
 
 def test_a_test_set_too_small_to_say_much_is_warned_about(tmp_path):
     """200 phantom images leave about ten malignant test images: the run finishes, and says so."""
-    from dermabench.api import Progress
+    from in_test_plugins import RecordedProgress
+
     from dermabench.protocol import MIN_TEST_PER_CLASS
 
-    class Lines(Progress):
-        def __init__(self):
-            self.lines = []
-
-        def log(self, message):
-            self.lines.append(message)
-
-    progress = Lines()
+    progress = RecordedProgress()
     path = run(smoke(tmp_path, dataset_options={"n": 200}, generator="augment", arms="real", n_real=60), progress)
     result = json.loads(path.read_text())
     labels = json.loads((path.parent / "predictions.json").read_text())["label"]
