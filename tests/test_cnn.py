@@ -350,3 +350,18 @@ def test_a_fits_checkpoint_holds_every_rng_stream_it_saved(data, tmp_path, monke
     resumed = CNNClassifier(**FAST, checkpoint_minutes=0)  # on the CPU the CUDA stream is not touched
     resumed.fit(data["train"], data["val"], dermabench.RunContext(seed=0, image_size=SIZE, work_dir=tmp_path))
     assert resumed.resumed_after_epoch_ == 1
+
+
+def test_training_images_go_to_the_gpu_once_when_they_take_a_quarter_of_its_free_memory_or_less(monkeypatch):
+    # gathering each batch on the host makes every step wait for the one before (see `on_device`)
+    from dermabench_plugins import image_classifier as ic
+
+    x = torch.zeros(10, 3, 8, 8, dtype=torch.uint8)  # 1,920 bytes
+    assert ic.on_device(x, "cpu") is x
+    moved = []
+    monkeypatch.setattr(torch.Tensor, "to", lambda self, *args, **kwargs: moved.append(args) or self)
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (4 * 1920, 80 * 2**30))
+    ic.on_device(x, "cuda:0")
+    assert moved == [("cuda:0",)]
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (4 * 1920 - 1, 80 * 2**30))
+    assert ic.on_device(x, "cuda:0") is x and len(moved) == 1  # too big: batches are gathered on the host
