@@ -27,7 +27,7 @@ from pathlib import Path
 from benchmarks.measure import Figure, time_pair
 from dermabench import plugins
 from dermabench.image_cache import ImageCache
-from dermabench.images import normalise_samples
+from dermabench.images import collector_paused, normalise_samples
 
 HAM10000 = Path(os.environ.get("DERMABENCH_HAM10000", Path(__file__).resolve().parents[2] / "shared/data/ham10000"))
 
@@ -54,7 +54,8 @@ def run(repeats: int, image_size: int = 64, n_phantom: int = 400, use_ham10000: 
 
         def load(cached: bool):
             start = time.perf_counter()
-            dataset = plugins.get("dataset", name).cls(data_dir=str(data_dir))
+            with collector_paused():  # as the run's load step
+                dataset = plugins.get("dataset", name).cls(data_dir=str(data_dir))
             plan_seconds.append(time.perf_counter() - start)
             if cached:
                 cache = ImageCache(cache_root, image_size)

@@ -72,7 +72,9 @@ def collector_paused():
 
     A load keeps every object it makes (images, samples, metadata), so the collector finds nothing to
     free, yet each of its full passes walks every object the process holds: with torch, diffusers and
-    timm imported that made a cached 10,000-image load up to 1.8× slower and its time erratic.
+    timm imported that made a cached 10,000-image load up to 1.8× slower and its time erratic. The run's
+    load step pauses it for the dataset's plan too: with it on, HAM10000's plan of 10,015 files took
+    0.28–0.30 s instead of 0.15–0.20 s.
     """
     was_enabled = gc.isenabled()
     gc.disable()

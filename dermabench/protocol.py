@@ -29,7 +29,7 @@ from dermabench import generation
 from dermabench.generation import plugin_call
 from dermabench.grids import save_grid
 from dermabench.image_cache import ImageCache
-from dermabench.images import RESIZE_METHOD, normalise_samples
+from dermabench.images import RESIZE_METHOD, collector_paused, normalise_samples
 from dermabench.metrics.classification import evaluate_arms
 from dermabench.metrics.subgroups import evaluate_subgroups
 from dermabench.near_duplicates import find_near_duplicates
@@ -151,7 +151,8 @@ class Run:
     # -- the protocol ---------------------------------------------------------------------------------------------
 
     def load(self, kind_slot: str, name: str, data_dir: str | None, options: dict) -> tuple[list[Sample], dict]:
-        dataset = self.instantiate("dataset", name, options, slot=kind_slot, data_dir=data_dir)
+        with collector_paused():  # a file dataset's plan makes an object or more per image, too
+            dataset = self.instantiate("dataset", name, options, slot=kind_slot, data_dir=data_dir)
         image_cache = None
         if hasattr(dataset, "use_image_cache"):  # file-based datasets: decode each file once per image size
             image_cache = ImageCache(self.cache / "images", self.config.image_size)
